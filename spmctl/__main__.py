@@ -1,0 +1,3 @@
+from spmctl.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The `spmctl` command line: one module per command group, mounted here.
+
+Nothing heavy is imported at start-up: torch and diffusers load inside the
+commands that need them, so `spmctl --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import SpmctlError
+from . import download, export, plugins_cmd, sample, train
+
+app = typer.Typer(
+    name="spmctl",
+    help="Erase concepts from Stable Diffusion with Semi-Permeable Membranes (SPM).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Erase concepts from Stable Diffusion with Semi-Permeable Membranes (SPM)."""
+
+
+app.command("train", help=train.train.__doc__)(train.train)
+app.command("sample", help=sample.sample.__doc__)(sample.sample)
+app.command("export", help=export.export.__doc__)(export.export)
+app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
+app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins add commands; a failing plugin is reported by the plugin loader, not fatal."""
+    from ..plugins import load_plugins, pm
+
+    try:
+        load_plugins()
+        pm.hook.register_commands(cli=app)
+    except Exception as exc:  # never let a plugin stop the CLI
+        print(f"warning: a plugin failed to add commands: {exc}", file=sys.stderr)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and an exit code."""
+    _add_plugin_commands()
+    try:
+        app()
+    except SpmctlError as exc:
+        message = str(exc)
+        print(message if message.startswith(("config error", "error")) else f"error: {message}",
+              file=sys.stderr)
+        sys.exit(exc.exit_code)

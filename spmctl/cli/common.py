@@ -1,0 +1,64 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from rich.console import Console
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override any config key, e.g. --set train.lr=3e-4 (repeatable)."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors only.")]
+
+
+def collect_overrides(flags: dict[str, Any], assignments: list[str] | None) -> dict[str, Any]:
+    """Named flags (dotted keys, None = not given) and `--set` items as one nested dict.
+
+    `--set` items come last so they win over a named flag for the same key.
+    """
+    from ..config.loader import deep_merge, nest, parse_assignment
+
+    merged: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            merged = deep_merge(merged, nest(key.split("."), value))
+    for item in assignments or []:
+        path, value = parse_assignment(item)
+        merged = deep_merge(merged, nest(path, value))
+    return merged
+
+
+def stderr_console(quiet: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet)
+
+
+def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    items = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    if values and items:
+        out: list[tuple[str, Any]] = []
+        for key, value in items:
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        return out
+    return [(prefix.rstrip("."), values)]
+
+
+def print_config_table(cfg: BaseModel, origin: dict[str, str]) -> None:
+    """The merged configuration on stdout as YAML, each value commented with its source."""
+    import yaml
+
+    from ..config.loader import source_of
+
+    for key, value in _flatten(cfg.model_dump(mode="json")):
+        source = source_of(origin, key)
+        shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        typer.echo(f"{key}: {shown}  # {source}")

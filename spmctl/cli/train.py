@@ -1,0 +1,63 @@
+"""`spmctl train`: the seed's flags (underscored and kebab-case) plus `--set` for any key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import Quiet, SetOption, collect_overrides, stderr_console
+
+ConfigPath = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", "--config_path", "--config-path",
+                 help="YAML config (the seed's train_config.yaml or the original SPM config.yaml)."),
+]
+
+
+def train(
+    config: ConfigPath = None,
+    dataset_type: Annotated[str | None, typer.Option("--dataset_type", "--dataset-type",
+                                                     help="Dataset provider, e.g. unlearncanvas or i2p.")] = None,
+    template: Annotated[str | None, typer.Option("--template",
+                                                 help="Template provider: object, style, i2p or concept.")] = None,
+    template_name: Annotated[str | None, typer.Option("--template_name", "--template-name",
+                                                      help="What to erase, e.g. Abstractionism.")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help='CUDA devices, e.g. "0" or "0,1".')] = None,
+    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir",
+                                                   help="Where membranes and logs go.")] = None,
+    use_sample: Annotated[bool | None, typer.Option("--use_sample", "--use-sample/--no-use-sample",
+                                                    help="Use the dataset's sample variant.",
+                                                    show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m",
+                                              help="Base model (pretrained_model.ckpt_path), e.g. tiny.")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="train.iterations")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed of the run.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    verbose: Annotated[bool | None, typer.Option("--verbose", help="Verbose logging.",
+                                                 show_default=False)] = None,
+    set_: SetOption = None,
+    print_config: Annotated[bool, typer.Option("--print-config",
+                                               help="Show the merged configuration and exit.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a membrane that erases one or more concepts."""
+    from ..config.train import load_train_config
+
+    flags: dict[str, Any] = {
+        "dataset_type": dataset_type, "template": template, "template_name": template_name,
+        "devices": devices, "output_dir": output_dir, "use_sample": use_sample, "seed": seed,
+        "verbose": verbose, "pretrained_model.ckpt_path": model, "train.iterations": iterations,
+        "resume": resume or None,
+    }
+    overrides = collect_overrides(flags, set_)
+    cfg, origin = load_train_config(config, overrides)
+    if print_config:
+        from .common import print_config_table
+
+        print_config_table(cfg, origin)
+        return
+    from ..training.run import run_training
+
+    run_training(cfg, console=stderr_console(quiet), quiet=quiet)

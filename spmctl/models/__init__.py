@@ -1,0 +1,1 @@
+"""Model building and loading (the built-in tiny SD, hub ids, folders, single files)."""

@@ -1,0 +1,194 @@
+"""The built-in tiny Stable Diffusion: SD 1.x architecture, random weights, no download.
+
+It is the quick start's, the tests' and the CPU benchmarks' model. Every part is
+built from a small config with a fixed seed, so two builds are bit-identical.
+The tokenizer is a real CLIP BPE tokenizer whose vocabulary is generated here:
+the 256 byte symbols plus whole-word merges for a fixed word list (the
+UnlearnCanvas names and common prompt words), so concept words are single
+tokens just as they are in the real CLIP vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay inside functions so the CLI starts fast
+    from diffusers import StableDiffusionPipeline
+
+TINY_NAMES = ("tiny", "builtin:tiny-sd")
+
+UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "use_linear_projection": False,  # SD 1.x: proj_in/proj_out are 1x1 convs
+}
+
+VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (8, 8, 16, 16),  # four levels: latents are 1/8 of the image, as in SD
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 64,
+}
+
+TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,  # > 1 so clip_skip has layers to skip
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "num_train_timesteps": 1000,
+}
+
+_COMMON_WORDS = """a an the of in on at with and or to by for from image photo picture painting
+drawing style art artwork portrait landscape city street house tree trees flower flowers sky sea
+river mountain mountains forest garden beach sunset night day red blue green yellow black white
+man woman person people child girl boy face nude naked body violence blood gun weapon sexual
+hate harassment shocking illegal activity self harm nudity van gogh picasso monet car cat dog
+bird horse apple banana table chair room window cloud clouds rain snow water fire light dark
+beautiful detailed old new small big cartoon anime realistic oil watercolor sketch""".split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-unicode table (the GPT-2 scheme)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def _tiny_words() -> list[str]:
+    words: set[str] = set(_COMMON_WORDS)
+    names = resources.files("spmctl_datasets").joinpath("names.json")
+    for group in json.loads(names.read_text()).values():
+        for name in group:
+            words.update(name.lower().replace("_", " ").replace("-", " ").split())
+    return sorted(w for w in words if w.isascii())
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """Build the tiny tokenizer's vocabulary and BPE merges (deterministic)."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tok in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(tok, len(vocab))
+    merges: list[str] = []
+    seen: set[str] = set()
+    for word in _tiny_words():
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right until the word is one token
+            pair = f"{parts[0]} {parts[1]}"
+            merged = parts[0] + parts[1]
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(pair)
+            vocab.setdefault(merged, len(vocab))
+            parts = [merged, *parts[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    return vocab, merges
+
+
+def build_tiny_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tiny_vocab_and_merges()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+
+
+def build_tiny_unet(seed: int = 0):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET_CONFIG).eval()
+
+
+def build_tiny_vae(seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1)
+    return AutoencoderKL(**VAE_CONFIG).eval()
+
+
+def build_tiny_text_encoder(seed: int = 0):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab, _ = tiny_vocab_and_merges()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+        **TEXT_CONFIG,
+    )
+    torch.manual_seed(seed + 2)
+    return CLIPTextModel(config).eval()
+
+
+def build_tiny_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The whole tiny pipeline; same seed, same weights, every time."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=build_tiny_vae(seed),
+        text_encoder=build_tiny_text_encoder(seed),
+        tokenizer=build_tiny_tokenizer(),
+        unet=build_tiny_unet(seed),
+        scheduler=build_tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model as a diffusers folder (what `spmctl download`-ed models look like)."""
+    path = Path(path)
+    build_tiny_pipeline(seed).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def is_tiny(name: str) -> bool:
+    return name in TINY_NAMES or name.startswith("builtin:tiny")
