@@ -95,7 +95,8 @@ def _tiny_words() -> list[str]:
     for group in json.loads(names.read_text()).values():
         for name in group:
             words.update(name.lower().replace("_", " ").replace("-", " ").split())
-    return sorted(w for w in words if w.isascii())
+    # longest words first: their merges rank first, so a short word's merge cannot split them
+    return sorted((w for w in words if w.isascii()), key=lambda w: (-len(w), w))
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,7 +127,8 @@ def build_tiny_tokenizer():
     from transformers import CLIPTokenizer
 
     vocab, merges = tiny_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+    pairs = [tuple(m.split(" ")) for m in merges]
+    return CLIPTokenizer(vocab=dict(vocab), merges=pairs, model_max_length=77)
 
 
 def build_tiny_unet(seed: int = 0):

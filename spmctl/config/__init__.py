@@ -1,0 +1,1 @@
+"""Typed configuration models, one per command, and the layered loader."""

@@ -1,0 +1,165 @@
+"""Load a Stable Diffusion model from wherever the user has it, with one clear line on failure.
+
+Accepted: `tiny` / `builtin:tiny-sd` (the built-in tiny model), a local diffusers
+folder, a single-file checkpoint (`.ckpt`, loaded with weights_only, or
+`.safetensors`) for SD 1.x and 2.x, or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpmctlError
+from .tiny import SCHEDULER_CONFIG, build_tiny_pipeline, is_tiny
+
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+NOISE_SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+}
+
+
+@dataclass
+class SDModel:
+    """The parts of a Stable Diffusion model that spmctl uses."""
+
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler_config: dict[str, Any]
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that is not about the user's run (e.g. optional-backend notices)."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], v_pred: bool = False):
+    import diffusers
+
+    if name not in NOISE_SCHEDULERS:
+        raise SpmctlError(f"unknown noise scheduler {name!r}; expected one of {', '.join(NOISE_SCHEDULERS)}")
+    cls = getattr(diffusers, NOISE_SCHEDULERS[name])
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    config["prediction_type"] = "v_prediction" if v_pred else "epsilon"
+    return cls.from_config(config)
+
+
+def _from_pipeline(pipe: Any, source: str) -> SDModel:
+    return SDModel(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), source)
+
+
+def _check_architecture(model: SDModel) -> None:
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(model.unet, UNet2DConditionModel):
+        raise SpmctlError(f"{model.source}: unsupported architecture {type(model.unet).__name__} "
+                          "(spmctl supports SD 1.x/2.x UNet2DConditionModel)")
+    if getattr(model.unet.config, "addition_embed_type", None):
+        raise SpmctlError(f"{model.source}: SDXL-style UNets are not supported yet (SD 1.x/2.x only)")
+
+
+def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: str = "float32",
+                  device: str = "cpu") -> SDModel:
+    """Load the model at `path`; every failure is one SpmctlError line naming the path."""
+    quiet_libraries()
+    if is_tiny(path):
+        model = _from_pipeline(build_tiny_pipeline(), "builtin:tiny-sd")
+    else:
+        model = _load_external(path, v2=v2, v_pred=v_pred)
+    _check_architecture(model)
+    torch_type = torch_dtype(dtype)
+    for part in (model.unet, model.text_encoder, model.vae):
+        if part is not None:
+            part.requires_grad_(False)
+            part.to(device=device, dtype=torch_type)
+            part.eval()
+    return model
+
+
+def _load_external(path: str, *, v2: bool, v_pred: bool) -> SDModel:
+    from diffusers import StableDiffusionPipeline
+
+    local = Path(path).expanduser()
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if local.is_dir():
+        if not (local / "model_index.json").exists() and not (local / "unet").is_dir():
+            raise SpmctlError(f"{path}: not a diffusers model folder (no model_index.json or unet/)")
+        try:
+            return _from_pipeline(StableDiffusionPipeline.from_pretrained(local, **kwargs), str(local))
+        except Exception as exc:
+            raise SpmctlError(f"{path}: cannot load diffusers folder: {_short(exc)}") from None
+    if local.suffix in {".ckpt", ".safetensors", ".pt", ".bin"}:
+        if not local.exists():
+            raise SpmctlError(f"{path}: model file not found")
+        return _load_single_file(local, v2=v2, v_pred=v_pred)
+    if local.exists():
+        raise SpmctlError(f"{path}: not a model (expected a diffusers folder, .ckpt or .safetensors)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")):
+        raise SpmctlError(f"{path}: model not found (no such folder or file, and not a hub id 'owner/name')")
+    try:
+        return _from_pipeline(StableDiffusionPipeline.from_pretrained(path, **kwargs), path)
+    except Exception as exc:
+        raise SpmctlError(f"{path}: cannot load from the hub: {_short(exc)} "
+                          "(offline? fetch it first with `spmctl download model`)") from None
+
+
+def _load_single_file(path: Path, *, v2: bool, v_pred: bool) -> SDModel:
+    """A CompVis/A1111 single-file checkpoint. `.ckpt` pickles are read with weights_only=True."""
+    from diffusers import StableDiffusionPipeline
+
+    if path.suffix in {".ckpt", ".pt", ".bin"}:
+        _check_pickle_safe(path)
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if v_pred:
+        kwargs["prediction_type"] = "v_prediction"
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    except Exception as exc:
+        hint = " (is it SD 2.x? set pretrained_model.v2)" if not v2 else ""
+        raise SpmctlError(f"{path}: cannot load single-file checkpoint: {_short(exc)}{hint}") from None
+    return _from_pipeline(pipe, str(path))
+
+
+def _check_pickle_safe(path: Path) -> None:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise SpmctlError(f"{path}: unreadable checkpoint (loaded with weights_only=True, no arbitrary "
+                          f"pickle): {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def default_scheduler_config() -> dict[str, Any]:
+    return dict(SCHEDULER_CONFIG)

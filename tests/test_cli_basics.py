@@ -1,0 +1,35 @@
+"""The CLI answers as a user expects: help, version, completion, commands present."""
+
+from __future__ import annotations
+
+from conftest import run_spmctl
+
+from spmctl import __version__
+
+
+def test_help_lists_every_command():
+    result = run_spmctl("--help")
+    assert result.returncode == 0
+    for command in ("train", "sample", "export", "download", "plugins"):
+        assert command in result.stdout
+
+
+def test_version():
+    result = run_spmctl("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"spmctl {__version__}"
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from spmctl import cli; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_shell_completion_script():
+    result = run_spmctl("--show-completion", "bash")
+    assert result.returncode == 0
+    assert "_SPMCTL_COMPLETE" in result.stdout
