@@ -49,3 +49,57 @@ class TemplateProvider(Protocol):
     def prompt_settings(self, name: str) -> list[dict[str, Any]]:
         """The prompt settings (keys of the config's `prompt` section) erasing `name`."""
         ...
+
+
+def _normalise(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").split()).casefold()
+
+
+def resolve_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    """The entry of `choices` that `name` means, else a "did you mean" SpmctlError.
+
+    Case, spaces, `_` and `-` don't matter ("van gogh" is `Van_Gogh`), since users type
+    the prompt's spelling and the dataset uses folder names.
+    """
+    import difflib
+
+    from .errors import SpmctlError
+
+    options = list(choices)
+    if name in options:
+        return name
+    by_key = {_normalise(option): option for option in options}
+    if _normalise(name) in by_key:
+        return by_key[_normalise(name)]
+    close = difflib.get_close_matches(name, options, n=1) or difflib.get_close_matches(
+        _normalise(name), list(by_key), n=1)
+    hint = f" (did you mean {by_key.get(close[0], close[0])!r}?)" if close else ""
+    raise SpmctlError(f"unknown {kind} {name!r}{hint}")
+
+
+def builtin_names(key: str) -> list[str]:
+    """A list from `spmctl_datasets/names.json` (UnlearnCanvas styles/objects, I2P categories)."""
+    import json
+    from importlib import resources
+
+    data = json.loads(resources.files("spmctl_datasets").joinpath("names.json").read_text(encoding="utf-8"))
+    return list(data[key])
+
+
+def as_list(value: str | Iterable[Any] | None) -> list[Any] | None:
+    """An option given as a list, or as one comma-separated string (from --set or YAML)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)
+
+
+def check_options(provider: str, options: dict[str, Any], known: Iterable[str]) -> None:
+    """Reject options a provider doesn't understand (a typo must not silently change the data)."""
+    from .errors import SpmctlError
+
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SpmctlError(
+            f"dataset {provider!r}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")

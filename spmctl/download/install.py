@@ -1,0 +1,201 @@
+"""Fetch one manifest source into the seed's layout, atomically.
+
+Order of work, and why:
+1. the destination already has content → a no-op (unless --force);
+2. the archive is transferred into the cache dir (resumable `.part`, size/hash checked);
+3. it is extracted into a temporary folder *next to* the destination (same file
+   system, so the final step is a rename, not a copy);
+4. the folder is renamed into place, and only then is the archive deleted.
+Any failure removes the temporary folder and any parent folders this run created,
+so the destination tree is either complete or untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import SpmctlError
+from .extract import remove_tree, safe_extract, unwrap_single_folder
+from .manifest import Source
+from .space import ensure_free_space
+from .transfer import DownloadError, Transfer, fetch
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def default_cache_dir() -> Path:
+    """$SPMCTL_CACHE_DIR, else $XDG_CACHE_HOME/spmctl/downloads, else ~/.cache/spmctl/downloads."""
+    explicit = os.environ.get("SPMCTL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spmctl" / "downloads"
+
+
+@dataclass
+class Options:
+    root: Path
+    endpoint: str
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    force: bool = False
+    quiet: bool = False
+    retries: int = 3
+    backoff: float = 1.0
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    path: Path
+    status: Literal["present", "fetched"]
+
+
+def hub_model_source(repo_id: str, revision: str | None = None) -> Source:
+    """A hub model id (`org/name`) as a source fetched into `models/<org>/<name>`."""
+    if not HUB_ID.match(repo_id) or ".." in repo_id:
+        raise SpmctlError(f"not a model name or hub id (org/name): {repo_id!r}")
+    return Source(kind="model", name=repo_id, variant=None, fetch="hub", dest=f"models/{repo_id}",
+                  repo_id=repo_id, repo_type="model", revision=revision)
+
+
+def is_present(dest: Path) -> bool:
+    return dest.is_dir() and any(dest.iterdir())
+
+
+@contextmanager
+def _staging(dest: Path) -> Iterator[Path]:
+    """A temp folder beside `dest`; on failure it and the parents this run made are removed."""
+    missing = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.spmctl-", dir=dest.parent))
+    try:
+        yield stage
+    except BaseException:
+        remove_tree(stage)
+        for parent in missing:  # deepest first; only folders still empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    remove_tree(stage)  # empty or the remains of an unwrapped archive
+
+
+def _move_into_place(content: Path, dest: Path) -> None:
+    """Rename `content` to `dest`, replacing an existing `dest` only once the new one is ready."""
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.spmctl-old-{os.getpid()}")
+        dest.rename(old)
+    try:
+        content.rename(dest)
+    except OSError:
+        if old is not None:
+            old.rename(dest)
+        raise
+    if old is not None:
+        remove_tree(old)
+
+
+def _progress(console: Console):  # type: ignore[no-untyped-def]
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                    disable=console.quiet)
+
+
+def _cache_target(source: Source, url: str, cache_dir: Path) -> Path:
+    # Keyed by the full URL so a mirror and the hub never splice their partial files.
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return cache_dir / f"{key}-{source.filename}"
+
+
+def _install_http(source: Source, dest: Path, opts: Options, console: Console) -> None:
+    url = source.resolve_url(opts.endpoint)
+    target = _cache_target(source, url, opts.cache_dir)
+    job = Transfer(url=url, target=target, size=source.size, sha256=source.sha256)
+    if opts.force:
+        for stale in (job.target, job.part, job.meta):
+            stale.unlink(missing_ok=True)
+
+    def check_space(remaining: int | None) -> None:
+        remaining = remaining if remaining is not None else (source.approx_size or 0)
+        total = source.size or source.approx_size or remaining
+        # The archive lands in the cache, then expands beside the destination.
+        ensure_free_space({opts.cache_dir: remaining, dest.parent: total})
+
+    with _progress(console) as bar:
+        task = bar.add_task(f"{source.label}", total=source.size or source.approx_size)
+        archive = fetch(job, retries=opts.retries, backoff=opts.backoff, before_write=check_space,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    verb = "extracting" if source.fetch == "archive" else "placing"
+    console.print(f"{verb} {source.filename} → {dest}")
+    with _staging(dest) as stage:
+        if source.fetch == "archive":
+            size = archive.stat().st_size
+            safe_extract(archive, source.archive or "zip", stage,
+                         max_bytes=max(int(size * source.max_ratio), 1 << 20))
+            content = unwrap_single_folder(stage, source.unwrap)
+        else:
+            content = stage
+            shutil.copy2(archive, stage / source.filename)
+        _move_into_place(content, dest)
+    archive.unlink(missing_ok=True)  # only now: the extraction is verified and in place
+
+
+def _install_hub(source: Source, dest: Path, opts: Options, console: Console) -> None:
+    from huggingface_hub import snapshot_download
+
+    if source.approx_size:
+        ensure_free_space({dest.parent: source.approx_size})
+    console.print(f"fetching {source.repo_type or 'model'} {source.repo_id} from {opts.endpoint}")
+    with _staging(dest) as stage:
+        try:
+            snapshot_download(source.repo_id or "", repo_type=source.repo_type, revision=source.revision,
+                              local_dir=stage, endpoint=opts.endpoint, token=opts.token)
+        except Exception as exc:  # the hub client raises many types; the user needs one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DownloadError(f"cannot fetch {source.repo_id} from {opts.endpoint}: {first}") from None
+        remove_tree(stage / ".cache")  # huggingface_hub's bookkeeping, not part of the model
+        _move_into_place(stage, dest)
+
+
+def install(source: Source, opts: Options, console: Console | None = None) -> Result:
+    """Fetch `source` under `opts.root`, or report it as already present."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True, quiet=opts.quiet)
+    dest = opts.root / source.dest
+    if is_present(dest) and not opts.force:
+        return Result(dest, "present")
+    try:
+        if source.fetch == "hub":
+            _install_hub(source, dest, opts, console)
+        else:
+            _install_http(source, dest, opts, console)
+    except OSError as exc:
+        where = exc.filename or dest
+        raise SpmctlError(f"cannot write {where}: {exc.strerror or exc}") from None
+    return Result(dest, "fetched")
