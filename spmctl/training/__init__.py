@@ -1,0 +1,1 @@
+"""Training: the SPM objective, its loop, checkpoints and optimizers."""

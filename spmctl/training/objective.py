@@ -1,0 +1,158 @@
+"""One SPM training step (DESIGN §1.2), arranged to spend as few UNet calls as possible.
+
+Per iteration the original code makes five separate UNet calls at guidance 1,
+each doubled by an unconditional half it throws away. Here the same quantities
+come from two calls: every membrane-OFF prediction (positive, neutral, anchors)
+in one no-grad call, and every membrane-ON prediction that needs a gradient
+(target, anchors) in one call. Merging those two as well (gates per sample)
+would run the backward through the OFF samples for nothing, so they stay apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config.train import PromptSettings
+
+GUIDANCE_WHILE_DENOISING = 3.0
+
+
+@dataclass
+class Embeds:
+    """Text embeddings of one prompt setting, each (1, 77, d)."""
+
+    settings: PromptSettings
+    unconditional: torch.Tensor
+    target: torch.Tensor
+    positive: torch.Tensor
+    neutral: torch.Tensor
+
+
+def sample_anchors(target: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """`count` latent anchors: random directions accepted with probability 1 − cos(target, direction),
+    scaled by U(0.8, 1.2)·‖target‖. Returns (count, *target.shape[1:]) on the target's device."""
+    flat = target.reshape(-1).float().cpu()
+    norm = flat.norm()
+    unit_target = flat / norm
+    accepted: list[torch.Tensor] = []
+    while len(accepted) < count:
+        directions = torch.randn(max(2 * count, 8), flat.numel(), generator=gen)
+        directions = directions / directions.norm(dim=1, keepdim=True)
+        cos = directions @ unit_target
+        keep = torch.rand(cos.shape, generator=gen) < (1 - cos)
+        accepted.extend(directions[keep])
+    anchors = torch.stack(accepted[:count])
+    scale = torch.rand(count, 1, generator=gen) * 0.4 + 0.8
+    anchors = anchors * scale * norm
+    return anchors.reshape(count, *target.shape[1:]).to(device=target.device, dtype=target.dtype)
+
+
+def random_resolution(settings: PromptSettings, gen: torch.Generator, multiple: int) -> tuple[int, int]:
+    """Height and width: fixed, or (dynamic_resolution) multiples of 64 in [resolution/2, resolution].
+
+    Below 128 px (the tiny model) the step is the smallest size the UNet accepts."""
+    res = settings.resolution
+    if not settings.dynamic_resolution:
+        return res, res
+    step = 64 if res >= 128 else multiple
+    low, high = max(1, (res // 2 + step - 1) // step), max(1, res // step)
+    hw = torch.randint(low, high + 1, (2,), generator=gen)
+    return int(hw[0]) * step, int(hw[1]) * step
+
+
+def _step_kwargs(scheduler: Any, gen: torch.Generator) -> dict[str, Any]:
+    return {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+class SPMObjective:
+    """Computes the SPM loss of one iteration for a membrane network on a UNet."""
+
+    def __init__(self, unet: Any, network: Any, make_scheduler: Any, max_denoising_steps: int,
+                 vae_scale_factor: int = 8) -> None:
+        self.unet = unet
+        self.network = network
+        self.denoise_scheduler = make_scheduler()
+        self.train_scheduler = make_scheduler()
+        self.train_scheduler.set_timesteps(1000)
+        self.max_steps = max_denoising_steps
+        self.vae_scale_factor = vae_scale_factor
+        down = 2 ** (len(unet.config.block_out_channels) - 1)
+        self.size_multiple = vae_scale_factor * down
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def _unet(self, latents: torch.Tensor, t: Any, embeds: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents, t, encoder_hidden_states=embeds.to(self.dtype)).sample
+
+    @torch.no_grad()
+    def denoise(self, latents: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, steps: int,
+                gen: torch.Generator) -> torch.Tensor:
+        """`steps` steps of the `max_denoising_steps` schedule, membrane ON, CFG 3 on [uncond, cond]."""
+        sched = self.denoise_scheduler
+        sched.set_timesteps(self.max_steps, device=self.device)
+        batch = latents.shape[0]
+        embeds = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
+        kwargs = _step_kwargs(sched, gen)
+        with self.network.gated(1.0):
+            for t in sched.timesteps[:steps]:
+                model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
+                eps_u, eps_c = self._unet(model_in, t, embeds).chunk(2)
+                eps = eps_u + GUIDANCE_WHILE_DENOISING * (eps_c - eps_u)
+                latents = sched.step(eps, t, latents, **kwargs).prev_sample
+        return latents
+
+    def initial_latents(self, batch: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        sigma = float(getattr(self.denoise_scheduler, "init_noise_sigma", 1.0))
+        return (torch.randn(shape, generator=gen) * sigma).to(self.device, self.dtype)
+
+    def loss(self, embeds: Embeds, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        s = embeds.settings
+        k = int(torch.randint(1, self.max_steps, (1,), generator=gen))
+        height, width = random_resolution(s, gen, self.size_multiple)
+        latents = self.initial_latents(s.batch_size, height, width, gen)
+        x_t = self.denoise(latents, embeds.unconditional, embeds.target, k, gen)
+
+        t = self.train_scheduler.timesteps[int(k * 1000 / self.max_steps)]
+        x_in = self.train_scheduler.scale_model_input(x_t, t)
+        batch = s.batch_size
+        with_la = s.action == "erase_with_la" and s.sampling_batch_size > 0
+        anchors = sample_anchors(embeds.target, s.sampling_batch_size, gen) if with_la else None
+        n_anchor = s.sampling_batch_size if with_la else 0
+        # each anchor sees one of the batch's latents (sampling_batch_size is a multiple of batch_size)
+        x_anchor = x_in.repeat(n_anchor // batch, 1, 1, 1) if with_la else x_in[:0]
+
+        off_embeds = [embeds.positive.expand(batch, -1, -1), embeds.neutral.expand(batch, -1, -1)]
+        on_embeds = [embeds.target.expand(batch, -1, -1)]
+        if anchors is not None:
+            off_embeds.append(anchors)
+            on_embeds.append(anchors)
+        with torch.no_grad(), self.network.gated(0.0):
+            off = self._unet(torch.cat([x_in, x_in, x_anchor]), t, torch.cat(off_embeds)).float()
+        with self.network.gated(1.0):
+            on = self._unet(torch.cat([x_in, x_anchor]), t, torch.cat(on_embeds)).float()
+
+        eps_pos, eps_neu, eps_anchor_off = off[:batch], off[batch:2 * batch], off[2 * batch:]
+        eps_tgt, eps_anchor_on = on[:batch], on[batch:]
+        erase = F.mse_loss(eps_tgt, eps_neu - s.guidance_scale * (eps_pos - eps_neu))
+        total = erase
+        terms = {"erase_loss": float(erase.detach()), "anchor_loss": 0.0, "k": k, "timestep": int(t),
+                 "height": height, "width": width}
+        if with_la:
+            anchor = F.mse_loss(eps_anchor_on, eps_anchor_off)
+            total = erase + s.la_strength * anchor
+            terms["anchor_loss"] = float(anchor.detach())
+        terms["loss"] = float(total.detach())
+        return total, terms

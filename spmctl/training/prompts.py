@@ -1,0 +1,54 @@
+"""Which prompt settings a run trains on.
+
+Rule (documented in the README): when `template` and `template_name` are set,
+the template decides *what* is erased (target, positive, neutral,
+unconditional); the `prompt` section, if present, decides *how* (action,
+guidance, resolution, anchors...). Without a template the `prompt` section is
+used as written (unlike the seed, which silently trained on empty prompts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..config.train import PromptSettings, TrainConfig
+from ..errors import ConfigError
+
+WHAT_KEYS = ("target", "positive", "neutral", "unconditional")
+
+
+def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = print) -> list[PromptSettings]:
+    from .. import plugins
+
+    if cfg.dataset_type:
+        plugins.get_dataset(cfg.dataset_type)  # an unknown provider is an error, not ignored
+    explicit = cfg.prompt_list()
+    if cfg.template and cfg.template_name:
+        provider = plugins.get_template(cfg.template)
+        from_template = [PromptSettings(**s) for s in provider.prompt_settings(cfg.template_name)]
+        if not explicit:
+            return [s.resolved() for s in from_template]
+        how = explicit[0].model_dump(exclude=set(WHAT_KEYS), exclude_unset=True)
+        if explicit[0].target and explicit[0].target not in {s.target for s in from_template}:
+            warn(f"prompt.target {explicit[0].target!r} differs from template_name "
+                 f"{cfg.template_name!r}: erasing the template's {cfg.template_name!r}")
+        return [_merge(s, how).resolved() for s in from_template]
+    if cfg.template_name and not cfg.template and not explicit:
+        raise ConfigError("config error: template_name is set but template is not "
+                          "(use --template style|object|i2p|concept)")
+    if not explicit:
+        raise ConfigError("config error: nothing to erase: set prompt.target, or template and template_name")
+    return [s.resolved(fallback_target=cfg.template_name) for s in explicit]
+
+
+def _merge(settings: PromptSettings, how: dict[str, Any]) -> PromptSettings:
+    return PromptSettings(**{**settings.model_dump(), **how})
+
+
+def concept_names(settings: list[PromptSettings]) -> list[str]:
+    """The erased concepts, in order, without repeats (written to the file's `prompts` metadata)."""
+    seen: dict[str, None] = {}
+    for s in settings:
+        seen.setdefault(str(s.target), None)
+    return list(seen)
