@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# Tiny models run faster on one thread, and on a shared 2-core machine several threads per
+# process thrash; subprocesses (the installed `spmctl`) inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 SPMCTL = Path(sys.executable).parent / "spmctl"
 TESTS = Path(__file__).parent

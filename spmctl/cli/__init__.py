@@ -41,7 +41,7 @@ def main_callback(
 
 app.command("train", help=train.train.__doc__)(train.train)
 app.command("sample", help=sample.sample.__doc__)(sample.sample)
-app.command("export", help=export.export.__doc__)(export.export)
+app.add_typer(export.app, name="export", help="Export membranes: LoRA files, merged membranes or models.")
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
 

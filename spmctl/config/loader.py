@@ -30,17 +30,17 @@ DEFAULT = "default"
 COMMAND_LINE = "command line"
 
 # The file-level values of the configuration being built; read by FileSource.
-_file_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("file_values", default={})
+_file_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("file_values")
 
 
 class FileSource(PydanticBaseSettingsSource):
     """The YAML file's values, already read and normalised by `load_config`."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _file_values.get().get(field_name), field_name, False
+        return _file_values.get({}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_values.get())
+        return dict(_file_values.get({}))
 
 
 class CommandSettings(BaseSettings):

@@ -53,7 +53,7 @@ class Train(Section):
     iterations: int = Field(3000, gt=0)
     batch_size: int = Field(1, gt=0)
     lr: float = Field(1e-4, gt=0)
-    unet_lr: float | None = Field(1e-4, gt=0, description="the membrane's learning rate (wins over lr)")
+    unet_lr: float | None = Field(None, gt=0, description="the membrane's learning rate (default: lr)")
     text_encoder_lr: float | None = Field(5e-5, description="accepted; unused (the text encoder has no membrane)")
     optimizer_type: Literal["adamw", "adamw8bit", "sgd", "lion", "prodigy"] = "adamw8bit"
     optimizer_args: dict[str, Any] = Field(default_factory=dict)

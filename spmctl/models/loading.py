@@ -67,7 +67,11 @@ def make_scheduler(name: str, base_config: dict[str, Any], v_pred: bool = False)
     cls = getattr(diffusers, NOISE_SCHEDULERS[name])
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
     config["prediction_type"] = "v_prediction" if v_pred else "epsilon"
-    return cls.from_config(config)
+    try:
+        return cls.from_config(config)
+    except ImportError as exc:  # e.g. lms needs scipy
+        missing = "scipy" if "scipy" in str(exc) else str(exc).strip().splitlines()[0]
+        raise SpmctlError(f"noise scheduler {name!r} needs {missing}: pip install {missing}") from None
 
 
 def _from_pipeline(pipe: Any, source: str) -> SDModel:
@@ -97,7 +101,8 @@ def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: s
     for part in (model.unet, model.text_encoder, model.vae):
         if part is not None:
             part.requires_grad_(False)
-            part.to(device=device, dtype=torch_type)
+            # cast only when needed: diffusers warns on every .to(dtype) call, even a no-op one
+            part.to(device=device, dtype=None if part.dtype == torch_type else torch_type)
             part.eval()
     return model
 

@@ -26,4 +26,6 @@ def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: list[str], clip_s
             return text_encoder(ids)[0]
         out = text_encoder(ids, output_hidden_states=True)
         hidden = out.hidden_states[-clip_skip]
-        return text_encoder.text_model.final_layer_norm(hidden)
+        # transformers < 5 nests the layers under .text_model; 5.x has them on the model
+        final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+        return final_norm(hidden)

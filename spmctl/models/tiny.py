@@ -66,13 +66,18 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
 }
 
-_COMMON_WORDS = """a an the of in on at with and or to by for from image photo picture painting
-drawing style art artwork portrait landscape city street house tree trees flower flowers sky sea
-river mountain mountains forest garden beach sunset night day red blue green yellow black white
-man woman person people child girl boy face nude naked body violence blood gun weapon sexual
-hate harassment shocking illegal activity self harm nudity van gogh picasso monet car cat dog
-bird horse apple banana table chair room window cloud clouds rain snow water fire light dark
-beautiful detailed old new small big cartoon anime realistic oil watercolor sketch""".split()
+_COMMON_WORDS = (
+    "a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "by", "for", "from", "image",
+    "photo", "picture", "painting", "drawing", "style", "art", "artwork", "portrait", "landscape", "city",
+    "street", "house", "tree", "trees", "flower", "flowers", "sky", "sea", "river", "mountain", "mountains",
+    "forest", "garden", "beach", "sunset", "night", "day", "red", "blue", "green", "yellow", "black", "white",
+    "man", "woman", "person", "people", "child", "girl", "boy", "face", "nude", "naked", "body", "violence",
+    "blood", "gun", "weapon", "sexual", "hate", "harassment", "shocking", "illegal", "activity", "self",
+    "harm", "nudity", "van", "gogh", "picasso", "monet", "car", "cat", "dog", "bird", "horse", "apple",
+    "banana", "table", "chair", "room", "window", "cloud", "clouds", "rain", "snow", "water", "fire", "light",
+    "dark", "beautiful", "detailed", "old", "new", "small", "big", "cartoon", "anime", "realistic", "oil",
+    "watercolor", "sketch",
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -156,3 +156,18 @@ class SPMObjective:
             terms["anchor_loss"] = float(anchor.detach())
         terms["loss"] = float(total.detach())
         return total, terms
+
+    @torch.no_grad()
+    def evaluate(self, embeds: Embeds, seed: int = 1234, draws: int = 8) -> dict[str, float]:
+        """Mean erase and anchoring terms over `draws` fixed draws (same seed, same draws):
+        comparable across membranes, unlike the per-step training loss whose k varies."""
+        gen = torch.Generator().manual_seed(seed)
+        # anchors are always drawn so that membranes trained without them are measured the same way
+        settings = embeds.settings.model_copy(update={"action": "erase_with_la"})
+        probe = Embeds(settings, embeds.unconditional, embeds.target, embeds.positive, embeds.neutral)
+        totals = {"erase_loss": 0.0, "anchor_loss": 0.0}
+        for _ in range(draws):
+            _, terms = self.loss(probe, gen)
+            for key in totals:
+                totals[key] += terms[key] / draws
+        return totals

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -148,36 +151,36 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     started = time.perf_counter()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        with _progress(console, quiet) as progress:
-            task = progress.add_task("training", total=cfg.train.iterations, completed=start,
-                                     loss=0.0, la=0.0, lr=0.0)
-            while step < cfg.train.iterations:
-                setting = embeds[int(torch.randint(len(embeds), (1,), generator=gen))]
-                optimizer.zero_grad(set_to_none=True)
-                loss, terms = objective.loss(setting, gen)
-                loss.backward()
-                if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-                optimizer.step()
-                lr = lr_scheduler.get_last_lr()[0]
-                lr_scheduler.step()
-                step += 1
-                if not torch.isfinite(loss):
-                    checkpoint(step - 1)
-                    raise SpmctlError(f"loss became {float(loss)} at step {step}; stopped "
-                                      "(lower train.lr or la_strength); the last good state is saved")
-                logger.log({"step": step, **terms, "lr": lr, "target": setting.settings.target})
-                progress.update(task, advance=1, loss=terms["erase_loss"], la=terms["anchor_loss"], lr=lr)
-                if step % cfg.save.per_steps == 0 and step < cfg.train.iterations:
-                    save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
-                    checkpoint(step)
-    except KeyboardInterrupt:
-        checkpoint(step)
-        save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
-        logger.close()
-        console.print(f"interrupted at step {step}: saved; continue with --resume")
-        raise SystemExit(130) from None
+    with _progress(console, quiet) as progress, _deferred_interrupt() as stop:
+        task = progress.add_task("training", total=cfg.train.iterations, completed=start,
+                                 loss=0.0, la=0.0, lr=0.0)
+        while step < cfg.train.iterations:
+            setting = embeds[int(torch.randint(len(embeds), (1,), generator=gen))]
+            optimizer.zero_grad(set_to_none=True)
+            loss, terms = objective.loss(setting, gen)
+            if not torch.isfinite(loss):  # before the update, so the saved membrane is still good
+                checkpoint(step)
+                raise SpmctlError(f"loss became {float(loss)} at step {step + 1}; stopped before updating "
+                                  "(lower train.lr or prompt.la_strength); state saved, --resume continues")
+            loss.backward()
+            if cfg.train.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            lr = lr_scheduler.get_last_lr()[0]
+            lr_scheduler.step()
+            step += 1
+            logger.log({"step": step, **terms, "lr": lr, "target": setting.settings.target})
+            progress.update(task, advance=1, loss=terms["erase_loss"], la=terms["anchor_loss"], lr=lr)
+            if stop.requested:  # Ctrl-C: save at this step boundary, where the state is consistent
+                checkpoint(step)
+                save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
+                logger.close()
+                progress.stop()
+                print(f"interrupted at step {step}: saved; continue with --resume", file=sys.stderr)
+                raise SystemExit(130)
+            if step % cfg.save.per_steps == 0 and step < cfg.train.iterations:
+                save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
+                checkpoint(step)
     elapsed = time.perf_counter() - started
     last = out_dir / f"{name}_last.safetensors"
     save_membrane_file(last)
@@ -190,6 +193,31 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     console.print(f"saved {last}")
     print(str(last))
     return last
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """The first Ctrl-C asks the loop to stop at the next step boundary (so what is saved is
+    consistent); a second one interrupts at once."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -1,0 +1,211 @@
+"""Images per second: plain diffusers vs. spmctl FT (batched) vs. the original one-prompt-at-a-time FT.
+
+All three run in this one process, on the same model, prompts, seeds, steps and size:
+
+- plain:    a diffusers StableDiffusionPipeline, no membrane, `--batch-size` prompts per call;
+- spmctl:   two membranes attached, FT gates computed for every prompt (timed), then the same batches
+            with one (B, K) gate tensor per call;
+- original: the original SPM inference procedure, restated: for each prompt alone, encode it, score it
+            against every concept, take each membrane's max score as its multiplier, build one adapter
+            by summing multiplier x (every tensor of every membrane), load it, and generate that prompt
+            by itself (batch 1).
+
+    python benchmarks/bench_sample.py [--model tiny] [--prompts 8] [--batch-size 8] [--steps 10]
+                                      [--size 64] [--repeats 3] [--threads 1] [--out bench_sample.json]
+
+Prints the images/s of each and the ratios; FT should cost at most ~10% over plain at the same batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS = [
+    "a cat on a chair",
+    "a red car in the city",
+    "a dog in the garden",
+    "a horse at the beach",
+    "a portrait of a woman",
+    "a house by the river",
+    "an apple on a table",
+    "a bird in the sky",
+    "a boat on the sea",
+    "a mountain at sunset",
+    "a child with a dog",
+    "a city street at night",
+]
+
+
+def sd15_shaped_model():
+    """Random weights in SD 1.x's shapes (UNet 320-1280 channels, 768-d CLIP text encoder), built from
+    configs: no download. Adapter cost relative to the base depends on the layer widths, and the
+    tiny model's 32-wide layers overstate it; this shows the real-model ratio."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spmctl.models.loading import SDModel
+    from spmctl.models.tiny import SCHEDULER_CONFIG, build_tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer()
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval()  # defaults: SD 1.x
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+    ).eval()
+    ids = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=ids[0],
+            eos_token_id=ids[1],
+            pad_token_id=ids[1],
+        )
+    ).eval()
+    for part in (unet, vae, text):
+        part.requires_grad_(False)
+    return SDModel(tokenizer, text, unet, vae, dict(SCHEDULER_CONFIG), "random weights, SD 1.x shapes")
+
+
+def make_membranes(unet, folder: Path) -> list[Path]:
+    from spmctl.membrane import MembraneNetwork, save_membrane
+
+    paths = []
+    for i, concepts in enumerate((["cat"], ["dog", "horse"])):
+        net = MembraneNetwork(unet, rank=1)
+        gen = torch.Generator().manual_seed(i)
+        tensors = {
+            k: (torch.randn(v.shape, generator=gen) * 0.1 if k.endswith(".weight") else v)
+            for k, v in net.state_dict_for(0).items()
+        }
+        net.detach()
+        paths.append(
+            save_membrane(folder / f"m{i}.safetensors", tensors, prompts=concepts, rank=1, alpha=1.0)
+        )
+    return paths
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (kernel build, allocator, caches)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny", help="a model spmctl loads, or 'sd15-shaped' (random)")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--out", default="bench_sample.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from spmctl.models.loading import load_sd_model
+    from spmctl.sampling.ft import ft_gates
+    from spmctl.sampling.generate import Generator, Job, build_pipeline
+    from spmctl.sampling.stack import MembraneStack, load_spms
+
+    if args.model == "sd15-shaped":
+        from spmctl.models.loading import torch_dtype
+
+        model = sd15_shaped_model()
+        for part in (model.unet, model.vae, model.text_encoder):
+            part.to(device=args.device, dtype=torch_dtype(args.precision))
+    else:
+        model = load_sd_model(args.model, dtype=args.precision, device=args.device)
+    prompts = [PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" {i}") for i in range(args.prompts)]
+    jobs = [Job(p, 100 + i, 0, 7.5, args.size, args.size, i) for i, p in enumerate(prompts)]
+    batches = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    generate = Generator(model, build_pipeline(model), steps=args.steps)
+    folder = Path(tempfile.mkdtemp(prefix="bench_sample_"))
+    spms = load_spms([str(p) for p in make_membranes(model.unet, folder)])
+
+    def plain() -> None:
+        for batch in batches:
+            generate(batch)
+
+    t_plain = timed(plain, args.repeats)
+
+    stack = MembraneStack(model.unet, spms)
+
+    def spmctl_ft() -> None:
+        gates = ft_gates(model.tokenizer, model.text_encoder, prompts, [s.concepts for s in spms])
+        for batch in batches:
+            stack.set_gates(gates[[j.row for j in batch]])
+            generate(batch)
+
+    t_ft = timed(spmctl_ft, args.repeats)
+    stack.close()
+
+    single = MembraneStack(model.unet, spms[:1])  # the original's one adapter, rebuilt per prompt
+
+    def original() -> None:
+        for job in jobs:
+            g = ft_gates(model.tokenizer, model.text_encoder, [job.prompt], [s.concepts for s in spms])[0]
+            weighted = {
+                k: sum(float(g[i]) * s.tensors[k] for i, s in enumerate(spms)) for k in spms[0].tensors
+            }
+            for key in (k for k in weighted if k.endswith(".alpha")):
+                weighted[key] = spms[0].tensors[key]  # the original's scale stays the first file's
+            single.network.load_state_dict_for(0, weighted)
+            single.set_gates(1.0)
+            generate([job])
+
+    t_orig = timed(original, args.repeats)
+    single.close()
+
+    n = len(jobs)
+    result = {
+        "model": model.source,
+        "device": args.device,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "prompts": n,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "size": args.size,
+        "images_per_second": {
+            "plain_diffusers": n / t_plain,
+            "spmctl_ft_batched": n / t_ft,
+            "original_ft_one_at_a_time": n / t_orig,
+        },
+        "ft_overhead_vs_plain": t_ft / t_plain - 1.0,
+        "speedup_vs_original": t_orig / t_ft,
+    }
+    for name, ips in result["images_per_second"].items():
+        print(f"{name:28s} {ips:8.2f} images/s")
+    print(f"FT overhead over plain diffusers (same batch): {100 * result['ft_overhead_vs_plain']:+.1f}%")
+    print(f"batched FT vs. the original one-at-a-time:     {result['speedup_vs_original']:.2f}x faster")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

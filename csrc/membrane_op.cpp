@@ -1,0 +1,341 @@
+// The fused membrane op: schemas (TORCH_LIBRARY) and the CPU kernels.
+//
+//   out = base_out + sum_k gate[b,k] * scale[k] * (x . down_k^T) . up_k^T
+//
+// With rank r and K both tiny the op is memory-bound: everything here is arranged so that each big
+// tensor (x, base_out, out, grad_out, grad_x) is streamed once, and the small operands (down, up,
+// J = K*r rows of C floats) stay in L1/L2. Accumulation is in the opmath type (fp32 for
+// fp16/bf16/fp32, fp64 for fp64), so the result is rounded once.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "membrane_common.h"
+
+namespace spmctl {
+namespace {
+
+// Fixed-width lane blocks: independent partial sums let the compiler vectorise reductions without
+// -ffast-math (it may not reassociate a plain `s += a[i] * b[i]` loop). 64 lanes = several vector
+// registers, i.e. several independent FMA chains, so the loop is not bound by FMA latency.
+constexpr int64_t kLanes = 64;
+constexpr int64_t kLanesSmall = 16;
+
+template <typename acc_t>
+inline acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
+  }
+  for (; i + kLanesSmall <= n; i += kLanesSmall) {
+    for (int64_t l = 0; l < kLanesSmall; ++l) part[l] += a[i + l] * b[i + l];
+  }
+  for (int64_t l = kLanesSmall; l < kLanes; ++l) part[l % kLanesSmall] += part[l];
+  acc_t s = 0;
+  for (int64_t l = 0; l < kLanesSmall; ++l) s += part[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename acc_t>
+inline void axpy(acc_t alpha, const acc_t* __restrict__ x, acc_t* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// y = b + alpha * x in one pass (b converted from the storage type).
+template <typename scalar_t, typename acc_t>
+inline void axpy_from(acc_t alpha, const acc_t* __restrict__ x, const scalar_t* __restrict__ b,
+                      acc_t* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<acc_t>(b[i]) + alpha * x[i];
+}
+
+// Loads a row into the accumulation type; for fp32/fp64 it is used in place (no copy).
+template <typename scalar_t, typename acc_t>
+inline const acc_t* load_row(const scalar_t* src, acc_t* scratch, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<acc_t>(src[i]);
+    return scratch;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_row(const acc_t* src, scalar_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
+inline bool any_nonzero(const void* p, int64_t n, bool dbl) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (dbl ? static_cast<const double*>(p)[i] != 0.0 : static_cast<const float*>(p)[i] != 0.0f) return true;
+  }
+  return false;
+}
+
+// Splits `rows` into at most `threads` fixed chunks; the chunking (and so every reduction order)
+// depends only on the sizes and thread count, never on scheduling.
+inline int64_t num_chunks(int64_t rows, int64_t min_rows) {
+  const int64_t by_size = std::max<int64_t>(1, rows / std::max<int64_t>(1, min_rows));
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), by_size));
+}
+
+// ---------------------------------------------------------------- channels contiguous ("rows")
+
+template <typename scalar_t>
+void fwd_rows(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::opmath_type<scalar_t>* D,
+              const at::opmath_type<scalar_t>* U, const at::opmath_type<scalar_t>* coef, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = g.B * g.N;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> xs(g.Cin), os(g.Cout), t(g.J);
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t* cb = coef + (i / g.N) * g.K;
+      const scalar_t* xr = x + i * g.Cin;
+      const scalar_t* br = base + i * g.Cout;
+      scalar_t* orow = out + i * g.Cout;
+      if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
+        std::copy(br, br + g.Cout, orow);  // gate 0: out is base_out, bit for bit
+        continue;
+      }
+      const acc_t* xa = load_row<scalar_t, acc_t>(xr, xs.data(), g.Cin);
+      for (int64_t j = 0; j < g.J; ++j) t[j] = cb[j / g.r] * dot(xa, D + j * g.Cin, g.Cin);
+      // Second streaming pass: base_out + the first term straight into `out` (fp32/fp64) or an L1
+      // scratch row (fp16/bf16, rounded once at the end); further terms hit the row in L1.
+      acc_t* o;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        o = orow;
+      } else {
+        o = os.data();
+      }
+      axpy_from(t[0], U, br, o, g.Cout);
+      for (int64_t j = 1; j < g.J; ++j) axpy(t[j], U + j * g.Cout, o, g.Cout);
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_row(o, orow, g.Cout);
+    }
+  });
+}
+
+// One pass over (grad_out row, x row): grad_x row written, grad_down/grad_up accumulated into
+// per-chunk buffers (summed in a fixed order afterwards, so results are deterministic).
+template <typename scalar_t>
+void bwd_rows(const scalar_t* gout, const scalar_t* x, scalar_t* gx, const at::opmath_type<scalar_t>* D,
+              const at::opmath_type<scalar_t>* U, const at::opmath_type<scalar_t>* coef,
+              at::opmath_type<scalar_t>* gD, at::opmath_type<scalar_t>* gU, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = g.B * g.N;
+  const int64_t chunks = num_chunks(rows, 256);
+  std::vector<acc_t> partD(chunks > 1 ? (chunks - 1) * g.J * g.Cin : 0);
+  std::vector<acc_t> partU(chunks > 1 ? (chunks - 1) * g.J * g.Cout : 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t cbeg, int64_t cend) {
+    std::vector<acc_t> xs(g.Cin), gs(g.Cout), gxs(g.Cin), w(g.J), v(g.J);
+    for (int64_t c = cbeg; c < cend; ++c) {
+      acc_t* accD = c == 0 ? gD : partD.data() + (c - 1) * g.J * g.Cin;
+      acc_t* accU = c == 0 ? gU : partU.data() + (c - 1) * g.J * g.Cout;
+      const int64_t begin = rows * c / chunks, end = rows * (c + 1) / chunks;
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t* cb = coef + (i / g.N) * g.K;
+        scalar_t* gxr = gx + i * g.Cin;
+        if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
+          std::fill(gxr, gxr + g.Cin, scalar_t(0));
+          continue;
+        }
+        const acc_t* xa = load_row<scalar_t, acc_t>(x + i * g.Cin, xs.data(), g.Cin);
+        const acc_t* ga = load_row<scalar_t, acc_t>(gout + i * g.Cout, gs.data(), g.Cout);
+        for (int64_t j = 0; j < g.J; ++j) {
+          const acc_t s = cb[j / g.r];
+          w[j] = s * dot(ga, U + j * g.Cout, g.Cout);  // d loss / d h_j
+          v[j] = s * dot(xa, D + j * g.Cin, g.Cin);    // gated h_j
+        }
+        acc_t* gxa;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          gxa = gxr;
+        } else {
+          gxa = gxs.data();
+        }
+        std::fill(gxa, gxa + g.Cin, acc_t(0));
+        for (int64_t j = 0; j < g.J; ++j) {
+          axpy(w[j], D + j * g.Cin, gxa, g.Cin);
+          axpy(w[j], xa, accD + j * g.Cin, g.Cin);
+          axpy(v[j], ga, accU + j * g.Cout, g.Cout);
+        }
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) store_row(gxa, gxr, g.Cin);
+      }
+    }
+  });
+  for (int64_t c = 1; c < chunks; ++c) {
+    axpy(acc_t(1), partD.data() + (c - 1) * g.J * g.Cin, gD, g.J * g.Cin);
+    axpy(acc_t(1), partU.data() + (c - 1) * g.J * g.Cout, gU, g.J * g.Cout);
+  }
+}
+
+// ------------------------------------------------------------ contiguous NCHW 1x1 conv ("nchw")
+// Channels are strided by N = H*W, so the streaming loops run over a tile of spatial positions
+// (contiguous) and the projections for the tile live in a small (J, T) buffer.
+
+constexpr int64_t kTile = 32;
+
+template <typename scalar_t>
+void fwd_nchw(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::opmath_type<scalar_t>* D,
+              const at::opmath_type<scalar_t>* U, const at::opmath_type<scalar_t>* coef, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tiles = (g.N + kTile - 1) / kTile;
+  at::parallel_for(0, g.B * tiles, 4, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> h(g.J * kTile), xs(kTile), o(kTile);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t b = w / tiles, s0 = (w % tiles) * kTile, n = std::min(kTile, g.N - s0);
+      const acc_t* cb = coef + b * g.K;
+      if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
+        for (int64_t co = 0; co < g.Cout; ++co) {
+          const scalar_t* src = base + (b * g.Cout + co) * g.N + s0;
+          std::copy(src, src + n, out + (b * g.Cout + co) * g.N + s0);
+        }
+        continue;
+      }
+      std::fill(h.begin(), h.end(), acc_t(0));
+      for (int64_t c = 0; c < g.Cin; ++c) {
+        const acc_t* xa = load_row<scalar_t, acc_t>(x + (b * g.Cin + c) * g.N + s0, xs.data(), n);
+        for (int64_t j = 0; j < g.J; ++j) axpy(D[j * g.Cin + c], xa, h.data() + j * kTile, n);
+      }
+      for (int64_t j = 0; j < g.J; ++j) {
+        for (int64_t s = 0; s < n; ++s) h[j * kTile + s] *= cb[j / g.r];
+      }
+      for (int64_t co = 0; co < g.Cout; ++co) {
+        const scalar_t* src = base + (b * g.Cout + co) * g.N + s0;
+        for (int64_t s = 0; s < n; ++s) o[s] = static_cast<acc_t>(src[s]);
+        for (int64_t j = 0; j < g.J; ++j) axpy(U[j * g.Cout + co], h.data() + j * kTile, o.data(), n);
+        store_row(o.data(), out + (b * g.Cout + co) * g.N + s0, n);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void bwd_nchw(const scalar_t* gout, const scalar_t* x, scalar_t* gx, const at::opmath_type<scalar_t>* D,
+              const at::opmath_type<scalar_t>* U, const at::opmath_type<scalar_t>* coef,
+              at::opmath_type<scalar_t>* gD, at::opmath_type<scalar_t>* gU, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tiles = (g.N + kTile - 1) / kTile;
+  const int64_t work = g.B * tiles;
+  const int64_t chunks = num_chunks(work, 8);
+  std::vector<acc_t> partD(chunks > 1 ? (chunks - 1) * g.J * g.Cin : 0);
+  std::vector<acc_t> partU(chunks > 1 ? (chunks - 1) * g.J * g.Cout : 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t cbeg, int64_t cend) {
+    std::vector<acc_t> wv(g.J * kTile), vv(g.J * kTile), xs(kTile), gs(kTile), o(kTile);
+    for (int64_t c = cbeg; c < cend; ++c) {
+      acc_t* accD = c == 0 ? gD : partD.data() + (c - 1) * g.J * g.Cin;
+      acc_t* accU = c == 0 ? gU : partU.data() + (c - 1) * g.J * g.Cout;
+      for (int64_t wk = work * c / chunks; wk < work * (c + 1) / chunks; ++wk) {
+        const int64_t b = wk / tiles, s0 = (wk % tiles) * kTile, n = std::min(kTile, g.N - s0);
+        const acc_t* cb = coef + b * g.K;
+        if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
+          for (int64_t ci = 0; ci < g.Cin; ++ci) {
+            scalar_t* dst = gx + (b * g.Cin + ci) * g.N + s0;
+            std::fill(dst, dst + n, scalar_t(0));
+          }
+          continue;
+        }
+        std::fill(wv.begin(), wv.end(), acc_t(0));
+        std::fill(vv.begin(), vv.end(), acc_t(0));
+        for (int64_t co = 0; co < g.Cout; ++co) {
+          const acc_t* ga = load_row<scalar_t, acc_t>(gout + (b * g.Cout + co) * g.N + s0, gs.data(), n);
+          for (int64_t j = 0; j < g.J; ++j) axpy(U[j * g.Cout + co], ga, wv.data() + j * kTile, n);
+        }
+        for (int64_t ci = 0; ci < g.Cin; ++ci) {
+          const acc_t* xa = load_row<scalar_t, acc_t>(x + (b * g.Cin + ci) * g.N + s0, xs.data(), n);
+          for (int64_t j = 0; j < g.J; ++j) axpy(D[j * g.Cin + ci], xa, vv.data() + j * kTile, n);
+        }
+        for (int64_t j = 0; j < g.J; ++j) {
+          for (int64_t s = 0; s < n; ++s) {
+            wv[j * kTile + s] *= cb[j / g.r];
+            vv[j * kTile + s] *= cb[j / g.r];
+          }
+        }
+        // grad_x and grad_down share the (now cache-resident) x tile; grad_up reuses grad_out.
+        for (int64_t ci = 0; ci < g.Cin; ++ci) {
+          const acc_t* xa = load_row<scalar_t, acc_t>(x + (b * g.Cin + ci) * g.N + s0, xs.data(), n);
+          std::fill(o.begin(), o.end(), acc_t(0));
+          for (int64_t j = 0; j < g.J; ++j) {
+            axpy(D[j * g.Cin + ci], wv.data() + j * kTile, o.data(), n);
+            accD[j * g.Cin + ci] += dot(wv.data() + j * kTile, xa, n);
+          }
+          store_row(o.data(), gx + (b * g.Cin + ci) * g.N + s0, n);
+        }
+        for (int64_t co = 0; co < g.Cout; ++co) {
+          const acc_t* ga = load_row<scalar_t, acc_t>(gout + (b * g.Cout + co) * g.N + s0, gs.data(), n);
+          for (int64_t j = 0; j < g.J; ++j) accU[j * g.Cout + co] += dot(vv.data() + j * kTile, ga, n);
+        }
+      }
+    }
+  });
+  for (int64_t c = 1; c < chunks; ++c) {
+    axpy(acc_t(1), partD.data() + (c - 1) * g.J * g.Cin, gD, g.J * g.Cin);
+    axpy(acc_t(1), partU.data() + (c - 1) * g.J * g.Cout, gU, g.J * g.Cout);
+  }
+}
+
+// ------------------------------------------------------------------------------------ glue
+
+at::Tensor membrane_fwd_cpu(const at::Tensor& x_in, const at::Tensor& base_in, const at::Tensor& down,
+                            const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale, bool conv) {
+  const Geometry g = membrane_geometry(x_in, base_in, down, up, gate, scale, conv);
+  const auto fmt = membrane_format(x_in, conv);
+  const at::Tensor x = x_in.contiguous(fmt), base = base_in.contiguous(fmt);
+  at::Tensor out = at::empty(base.sizes(), base.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Operands op = membrane_operands(down, up, gate, scale, c10::CppTypeToScalarType<acc_t>::value);
+    auto fn = g.nchw ? fwd_nchw<scalar_t> : fwd_rows<scalar_t>;
+    fn(x.const_data_ptr<scalar_t>(), base.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+       op.D.const_data_ptr<acc_t>(), op.U.const_data_ptr<acc_t>(), op.coef.const_data_ptr<acc_t>(), g);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> membrane_bwd_cpu(const at::Tensor& gout_in,
+                                                                const at::Tensor& x_in, const at::Tensor& down,
+                                                                const at::Tensor& up, const at::Tensor& gate,
+                                                                const at::Tensor& scale, bool conv) {
+  const Geometry g = membrane_geometry(x_in, gout_in, down, up, gate, scale, conv);
+  const auto fmt = membrane_format(x_in, conv);
+  const at::Tensor x = x_in.contiguous(fmt), gout = gout_in.contiguous(fmt);
+  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor grad_down, grad_up;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    const Operands op = membrane_operands(down, up, gate, scale, acc);
+    at::Tensor gD = at::zeros({g.J, g.Cin}, x.options().dtype(acc));
+    at::Tensor gU = at::zeros({g.J, g.Cout}, x.options().dtype(acc));
+    if (x.numel() > 0) {
+      auto fn = g.nchw ? bwd_nchw<scalar_t> : bwd_rows<scalar_t>;
+      fn(gout.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+         op.D.const_data_ptr<acc_t>(), op.U.const_data_ptr<acc_t>(), op.coef.const_data_ptr<acc_t>(),
+         gD.mutable_data_ptr<acc_t>(), gU.mutable_data_ptr<acc_t>(), g);
+    }
+    grad_down = gD.view({g.K, g.r, g.Cin}).to(down.scalar_type());
+    grad_up = gU.view({g.K, g.r, g.Cout}).permute({0, 2, 1}).contiguous().to(up.scalar_type());
+  });
+  return {gx, grad_down, grad_up};
+}
+
+}  // namespace
+}  // namespace spmctl
+
+TORCH_LIBRARY(spmctl, m) {
+  m.def(
+      "membrane_fwd(Tensor x, Tensor base_out, Tensor down, Tensor up, Tensor gate, Tensor scale, "
+      "bool conv=False) -> Tensor");
+  m.def(
+      "membrane_bwd(Tensor grad_out, Tensor x, Tensor down, Tensor up, Tensor gate, Tensor scale, "
+      "bool conv=False) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(spmctl, CPU, m) {
+  m.impl("membrane_fwd", &spmctl::membrane_fwd_cpu);
+  m.impl("membrane_bwd", &spmctl::membrane_bwd_cpu);
+}

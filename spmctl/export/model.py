@@ -1,0 +1,138 @@
+"""A model with membranes merged into its UNet weights: W += s · scale · up @ down.
+
+Written as a diffusers folder, or as one `.safetensors` in the original SD (CompVis/A1111) key
+layout (see `ldm.py`). A merged model applies the membranes at fixed strengths for every prompt:
+it has no facilitated transport.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SpmctlError
+from ..membrane import load_membrane, lora_name
+from .lora import Weighted, modules_of
+
+
+def _adapted_layers(unet: nn.Module) -> dict[str, nn.Module]:
+    """kohya name -> Linear/Conv2d for every layer of the UNet (a membrane may name any of them)."""
+    return {lora_name(path): m for path, m in unet.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+
+
+def delta_weight(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """up (out, r) @ down (r, in[, kh, kw]) as a weight of `shape`. For a conv, a k×k down followed by
+    a 1×1 up is the k×k conv whose kernel is up·down (composition of linear maps per tap)."""
+    delta = up.float() @ down.float().reshape(down.shape[0], -1)
+    if delta.numel() != torch.Size(shape).numel():
+        raise SpmctlError(
+            f"membrane delta {tuple(delta.shape)} does not fit a weight of shape {tuple(shape)}"
+        )
+    return delta.reshape(shape)
+
+
+@torch.no_grad()
+def merge_into_unet(unet: nn.Module, items: list[Weighted]) -> int:
+    """Add every membrane (at its strength) into `unet`'s weights in place; returns the layers changed.
+    Validates all files first and refuses a non-finite result, leaving the UNet unchanged then."""
+    layers = _adapted_layers(unet)
+    updates: dict[str, torch.Tensor] = {}
+    for item in items:
+        mf = load_membrane(item.path)
+        for name, (down, up, alpha) in modules_of(mf.tensors, str(item.path)).items():
+            layer = layers.get(name)
+            if layer is None:
+                raise SpmctlError(f"{item.path}: not a membrane for this UNet (no layer for {name!r})")
+            delta = delta_weight(down, up, layer.weight.shape) * (item.strength * alpha / down.shape[0])
+            updates[name] = updates[name] + delta if name in updates else delta
+    new = {}
+    for name, delta in updates.items():
+        weight = layers[name].weight
+        merged = (weight.float() + delta.to(weight.device)).to(weight.dtype)
+        if not torch.isfinite(merged).all():
+            raise SpmctlError(
+                f"merging gives non-finite weights in {name}; refusing to write the model "
+                "(lower the strengths or export in float32)"
+            )
+        new[name] = merged
+    for name, merged in new.items():
+        layers[name].weight.copy_(merged)
+    return len(new)
+
+
+def save_diffusers(model: Any, out: Path) -> Path:
+    """The whole pipeline (its own scheduler kept) as a diffusers folder, written beside `out` and
+    renamed into place."""
+    import diffusers
+
+    if out.exists():
+        raise SpmctlError(f"{out} exists; choose another output or remove it")
+    config = model.scheduler_config
+    scheduler_cls = getattr(
+        diffusers, str(config.get("_class_name", "DDIMScheduler")), diffusers.DDIMScheduler
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=scheduler_cls.from_config(config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_single_file(model: Any, out: Path) -> Path:
+    """One `.safetensors` in the original SD layout (UNet, VAE, text encoder)."""
+    from safetensors.torch import save_file
+
+    from ..training.checkpoint import atomic_write
+    from .ldm import to_ldm_checkpoint
+
+    state = {k: v.detach().cpu().contiguous() for k, v in to_ldm_checkpoint(model).items()}
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "spmctl_merged": "1"}))
+    return out
+
+
+def export_model(
+    model_path: str,
+    items: list[Weighted],
+    out: Path,
+    fmt: str = "diffusers",
+    dtype: str = "float32",
+    v2: bool = False,
+    v_pred: bool = False,
+) -> Path:
+    from ..models.loading import load_sd_model, torch_dtype
+
+    if fmt not in ("diffusers", "safetensors"):
+        raise SpmctlError(f"--format must be diffusers or safetensors, not {fmt!r}")
+    if fmt == "diffusers" and out.exists():
+        raise SpmctlError(f"{out} exists; choose another output or remove it")
+    model = load_sd_model(model_path, v2=v2, v_pred=v_pred, dtype="float32")  # merge in fp32
+    merge_into_unet(model.unet, items)
+    for part in (model.unet, model.vae, model.text_encoder):
+        part.to(torch_dtype(dtype))
+    for name, param in model.unet.named_parameters():  # fp16 can overflow where fp32 did not
+        if not torch.isfinite(param).all():
+            raise SpmctlError(f"the merged UNet's {name} is not finite in {dtype}; refusing to write it "
+                              "(export in float32 or lower the strengths)")
+    return save_single_file(model, out) if fmt == "safetensors" else save_diffusers(model, out)

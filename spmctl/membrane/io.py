@@ -1,0 +1,113 @@
+"""Membrane files: safetensors in the kohya/SPM layout, written atomically.
+
+Keys `lora_unet_<module path, '.' -> '_'>.lora_down.weight`, `.lora_up.weight`, `.alpha` (0-dim);
+metadata `prompts` (comma-joined erased concepts), `rank`, `alpha` (strings) - what the original SPM
+code writes and A1111/ComfyUI/kohya read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spmctl.errors import SpmctlError
+
+SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class MembraneFile:
+    tensors: dict[str, torch.Tensor]
+    prompts: list[str]
+    rank: int
+    alpha: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def save_membrane(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    *,
+    prompts: list[str],
+    rank: int,
+    alpha: float,
+    dtype: torch.dtype = torch.float32,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `tensors` (kohya keys) to `path` via a temporary file in the same folder + os.replace,
+    so a crash leaves either the old file or the new one, never half of one."""
+    from safetensors.torch import save_file
+
+    if dtype not in SAVE_DTYPES:
+        raise SpmctlError(f"membrane files are saved as float32, float16 or bfloat16, not {dtype}")
+    path = Path(path)
+    metadata = {"prompts": ",".join(prompts), "rank": str(int(rank)), "alpha": str(float(alpha))}
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SpmctlError(f"membrane metadata must be str -> str, got {key!r}: {type(value).__name__}")
+        metadata.setdefault(key, value)
+    data = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in tensors.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(data, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_membrane(path: str | os.PathLike) -> MembraneFile:
+    """Read a membrane file; a missing, truncated or corrupt file is one clear SpmctlError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpmctlError(f"membrane file not found: {path}")
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = dict(fh.metadata() or {})
+            for key in fh.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                tensors[key] = fh.get_tensor(key)
+    except Exception as exc:  # safetensors raises its own error types (and OSError, ValueError)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpmctlError(f"{path} is not a readable membrane (safetensors) file: {detail}") from None
+    if not any(k.endswith(".lora_down.weight") for k in tensors):
+        raise SpmctlError(f"{path} holds no membrane weights (no '*.lora_down.weight' keys)")
+    prompts = [p.strip() for p in metadata.get("prompts", "").split(",") if p.strip()]
+    try:
+        rank = int(metadata["rank"]) if "rank" in metadata else _first_rank(tensors)
+        alpha = float(metadata["alpha"]) if "alpha" in metadata else _first_alpha(tensors, rank)
+    except ValueError:
+        raise SpmctlError(
+            f"{path}: bad rank/alpha metadata {metadata.get('rank')!r}/{metadata.get('alpha')!r}"
+        ) from None
+    return MembraneFile(tensors=tensors, prompts=prompts, rank=rank, alpha=alpha, metadata=metadata)
+
+
+def _first_rank(tensors: dict[str, torch.Tensor]) -> int:
+    for key in sorted(tensors):
+        if key.endswith(".lora_down.weight"):
+            return int(tensors[key].shape[0])
+    return 1
+
+
+def _first_alpha(tensors: dict[str, torch.Tensor], rank: int) -> float:
+    for key in sorted(tensors):
+        if key.endswith(".alpha"):
+            return float(tensors[key])
+    return float(rank)

@@ -1,0 +1,129 @@
+"""One adapted layer: the base nn.Linear / nn.Conv2d plus K stacked membranes (peft-style wrapper)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spmctl.errors import SpmctlError
+from spmctl.ops import membrane
+
+
+class GateState:
+    """The gates shared by every wrapper of one network: a (G, K) fp32 tensor, G = 1 or the batch.
+
+    `active` is computed once per set_gates on the host so that a forward with every gate 0 never
+    touches the adapters (and never syncs a GPU to find out).
+    """
+
+    def __init__(self, num_membranes: int) -> None:
+        self.num_membranes = num_membranes
+        self.gates = torch.ones(1, num_membranes)
+        self.active = True
+        self._cache: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+    def set(self, gates: torch.Tensor) -> None:
+        self.gates = gates
+        self.active = bool((gates != 0).any())
+        self._cache = {}
+
+    def for_batch(self, batch: int, device: torch.device) -> torch.Tensor:
+        key = (device, batch)
+        cached = self._cache.get(key)
+        if cached is None:
+            rows = self.gates.shape[0]
+            if rows not in (1, batch):
+                raise SpmctlError(
+                    f"membrane gates have {rows} rows but the UNet batch has {batch} samples; "
+                    "give one gate row per sample (or a single row for all)"
+                )
+            cached = self.gates.to(device).expand(batch, self.num_membranes).contiguous()
+            self._cache[key] = cached
+        return cached
+
+
+class MembraneModule(nn.Module):
+    """Replaces `base` in its parent; y = base(x) + sum_k gate[b,k] * scale_k * up_k(down_k(x)).
+
+    Parameters are stacked over the K membranes: lora_down (K, r, C_in[, kh, kw]) and
+    lora_up (K, C_out, r). `scale` (K,) is alpha_k / rank_k per membrane (non-persistent buffer).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear | nn.Conv2d,
+        lora_name: str,
+        rank: int,
+        alpha: float,
+        num_membranes: int,
+        state: GateState,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.lora_name = lora_name
+        self.rank = rank
+        self._state = state  # plain attribute: shared, not a submodule
+        weight = base.weight
+        if isinstance(base, nn.Conv2d):
+            in_shape: tuple[int, ...] = (base.in_channels, *base.kernel_size)
+            out_features = base.out_channels
+            # The fused op covers pointwise convs; others use conv2d with the module's geometry.
+            self.pointwise = (
+                base.kernel_size == (1, 1)
+                and base.stride == (1, 1)
+                and base.dilation == (1, 1)
+                and base.padding in ((0, 0), "valid")
+            )
+        else:
+            in_shape = (base.in_features,)
+            out_features = base.out_features
+            self.pointwise = True
+        self.lora_down = nn.Parameter(torch.empty(num_membranes, rank, *in_shape, device=weight.device))
+        self.lora_up = nn.Parameter(torch.zeros(num_membranes, out_features, rank, device=weight.device))
+        for k in range(num_membranes):
+            nn.init.kaiming_uniform_(self.lora_down.data[k], a=math.sqrt(5))
+        self.register_buffer(
+            "scale", torch.full((num_membranes,), alpha / rank, device=weight.device), persistent=False
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Code that reads `layer.weight`, `layer.in_features`, ... keeps working through the wrapper.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base":
+                raise
+            return getattr(self._modules["base"], name)
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.base, nn.Conv2d)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base(x, *args, **kwargs)  # exactly the call the UNet made before
+        if not self._state.active or x.dim() < 2:
+            return out
+        gate = self._state.for_batch(x.shape[0], x.device)
+        if x.dtype != out.dtype:  # autocast: the base ran in a lower precision
+            x = x.to(out.dtype)
+        if self.pointwise and (not self.is_conv or x.dim() == 4):
+            k, r = self.lora_down.shape[:2]
+            down = self.lora_down.view(k, r, -1)  # (K, r, C_in) also for 1x1 conv kernels
+            return membrane(x, out, down, self.lora_up, gate, self.scale, self.is_conv)
+        return out + self._conv_delta(x, gate).to(out.dtype)
+
+    def _conv_delta(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """Plain path for a non-pointwise conv: all K downs as one conv, gated, then one 1x1 up."""
+        conv = self.base
+        assert isinstance(conv, nn.Conv2d)
+        k, r = self.lora_down.shape[:2]
+        down = self.lora_down.reshape(k * r, *self.lora_down.shape[2:]).to(x.dtype)
+        h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)
+        coef = (gate.to(h.dtype) * self.scale.to(h.dtype)).repeat_interleave(r, dim=1)
+        h = h * coef[:, :, None, None]
+        up = self.lora_up.permute(1, 0, 2).reshape(-1, k * r, 1, 1).to(h.dtype)  # (C_out, K*r, 1, 1)
+        return F.conv2d(h, up)

@@ -1,0 +1,263 @@
+"""MembraneNetwork: K membranes attached to every Linear/Conv2d inside the UNet's Transformer2DModels."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spmctl.errors import SpmctlError
+from spmctl.membrane.module import GateState, MembraneModule
+
+LORA_PREFIX = "lora_unet_"
+TRANSFORMER_CLASSES = ("Transformer2DModel",)  # matched by name: its import path moved across diffusers
+
+GateSpec = float | int | Sequence[float] | torch.Tensor | None
+
+
+def lora_name(module_path: str) -> str:
+    """`down_blocks.0.attentions.0...to_q` -> `lora_unet_down_blocks_0_attentions_0..._to_q` (kohya)."""
+    return LORA_PREFIX + module_path.replace(".", "_")
+
+
+def _targets(unet: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear | nn.Conv2d]]:
+    """(module path, parent, attribute, layer) for each adapted layer, in `unet.named_modules()` order."""
+    found: list[tuple[str, nn.Module, str, nn.Linear | nn.Conv2d]] = []
+    for block_name, block in unet.named_modules():
+        if type(block).__name__ not in TRANSFORMER_CLASSES:
+            continue
+        for sub_name, layer in block.named_modules():
+            if isinstance(layer, MembraneModule):
+                raise SpmctlError("a membrane network is already attached to this UNet; detach it first")
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                parent_name, _, attr = sub_name.rpartition(".")
+                parent = block.get_submodule(parent_name) if parent_name else block
+                found.append((f"{block_name}.{sub_name}" if block_name else sub_name, parent, attr, layer))
+    return found
+
+
+class MembraneNetwork:
+    """Attaches on construction; `detach()` puts every original layer back.
+
+    Not an nn.Module on purpose: `.to()`/`.half()` on it must not convert the UNet's own layers
+    (which the wrappers hold). Use `to()` here for the membrane parameters only.
+    """
+
+    def __init__(
+        self, unet: nn.Module, rank: int = 1, alpha: float | None = 1.0, num_membranes: int = 1
+    ) -> None:
+        if rank < 1:
+            raise SpmctlError(f"membrane rank must be >= 1, got {rank}")
+        if num_membranes < 1:
+            raise SpmctlError(f"num_membranes must be >= 1, got {num_membranes}")
+        self.rank = int(rank)
+        self.alpha = float(alpha) if alpha else float(rank)  # alpha 0/None means alpha = rank (scale 1)
+        self.num_membranes = int(num_membranes)
+        self.ranks = [self.rank] * self.num_membranes  # per membrane; a loaded file may have a lower rank
+        self.alphas = [self.alpha] * self.num_membranes
+        self._state = GateState(self.num_membranes)
+        self._gates_spec: GateSpec = None
+        self._modules: dict[str, MembraneModule] = {}
+        self._placement: dict[str, tuple[nn.Module, str]] = {}
+        targets = _targets(unet)
+        if not targets:
+            raise SpmctlError("no Transformer2DModel with Linear/Conv2d layers found in this UNet")
+        for path, parent, attr, layer in targets:
+            wrapper = MembraneModule(
+                layer, lora_name(path), self.rank, self.alpha, self.num_membranes, self._state
+            )
+            setattr(parent, attr, wrapper)
+            self._modules[path] = wrapper
+            self._placement[path] = (parent, attr)
+        self.attached = True
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def modules_count(self) -> int:
+        return len(self._modules)
+
+    @property
+    def module_names(self) -> list[str]:
+        return list(self._modules)
+
+    def modules(self) -> Iterator[tuple[str, MembraneModule]]:
+        yield from self._modules.items()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params: list[nn.Parameter] = []
+        for m in self._modules.values():
+            params += [m.lora_down, m.lora_up]
+        return params
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.trainable_parameters()
+
+    def requires_grad_(self, flag: bool = True) -> MembraneNetwork:
+        for p in self.trainable_parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> MembraneNetwork:
+        """Moves/casts only the membrane parameters (not the UNet's base layers)."""
+        for m in self._modules.values():
+            for name in ("lora_down", "lora_up"):
+                p = getattr(m, name)
+                p.data = p.data.to(device=device, dtype=dtype)
+            m.scale = m.scale.to(device=device)
+        self._state.set(self._state.gates)  # drop gate copies cached for other devices
+        return self
+
+    def detach(self) -> None:
+        """Put every original layer back in its parent; the UNet is then exactly as before."""
+        if not self.attached:
+            return
+        for path, (parent, attr) in self._placement.items():
+            setattr(parent, attr, self._modules[path].base)
+        self.attached = False
+
+    # ------------------------------------------------------------------ gates
+    def _gates_tensor(self, gates: GateSpec) -> torch.Tensor:
+        k = self.num_membranes
+        if gates is None:
+            return torch.ones(1, k)
+        if isinstance(gates, int | float):
+            return torch.full((1, k), float(gates))
+        t = torch.as_tensor(gates, dtype=torch.float32).detach()
+        if t.dim() == 0:
+            return t.reshape(1, 1).expand(1, k).clone()
+        if t.dim() == 1:
+            if t.numel() != k:
+                raise SpmctlError(f"gates: expected {k} values (one per membrane), got {t.numel()}")
+            return t.reshape(1, k).clone()
+        if t.dim() == 2 and t.shape[1] == k:
+            return t.clone()
+        raise SpmctlError(
+            f"gates: expected a number, {k} values or a (batch, {k}) tensor, got shape {tuple(t.shape)}"
+        )
+
+    def set_gates(self, gates: GateSpec = None) -> None:
+        """None: all ones; a number: every sample and membrane; K values: per membrane; (B, K): per sample."""
+        self._state.set(self._gates_tensor(gates))
+        self._gates_spec = gates
+
+    @property
+    def gates(self) -> torch.Tensor:
+        return self._state.gates
+
+    @contextlib.contextmanager
+    def gated(self, gates: GateSpec) -> Iterator[MembraneNetwork]:
+        previous = self._state.gates
+        self._state.set(self._gates_tensor(gates))
+        try:
+            yield self
+        finally:
+            self._state.set(previous)
+
+    # ------------------------------------------------------------------ weights (kohya layout)
+    def _check_k(self, k: int) -> None:
+        if not 0 <= k < self.num_membranes:
+            raise SpmctlError(f"membrane index {k} out of range 0..{self.num_membranes - 1}")
+
+    def state_dict_for(self, k: int = 0) -> dict[str, torch.Tensor]:
+        """Membrane k's tensors under kohya keys (lora_down/lora_up weights and a 0-dim alpha)."""
+        self._check_k(k)
+        r = self.ranks[k]
+        out: dict[str, torch.Tensor] = {}
+        for m in self._modules.values():
+            down = m.lora_down.detach()[k, :r].clone()
+            up = m.lora_up.detach()[k, :, :r].clone()
+            if m.is_conv:
+                up = up[:, :, None, None]  # kohya stores the conv up as a 1x1 kernel
+            out[f"{m.lora_name}.lora_down.weight"] = down
+            out[f"{m.lora_name}.lora_up.weight"] = up
+            out[f"{m.lora_name}.alpha"] = (m.scale.detach()[k] * r).to(torch.float32).reshape(())
+        return out
+
+    def load_state_dict_for(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Load membrane k from kohya-keyed tensors; a rank below the network's is zero-padded.
+
+        Validates everything before changing anything; the error names the first bad key.
+        """
+        self._check_k(k)
+        plan: list[tuple[MembraneModule, torch.Tensor, torch.Tensor, float]] = []
+        file_rank: int | None = None
+        used: set[str] = set()
+        for m in self._modules.values():
+            kd, ku, ka = (
+                f"{m.lora_name}.lora_down.weight",
+                f"{m.lora_name}.lora_up.weight",
+                f"{m.lora_name}.alpha",
+            )
+            for key in (kd, ku):
+                if key not in tensors:
+                    raise SpmctlError(f"membrane weights lack key {key!r} (not a membrane for this UNet?)")
+            down, up = tensors[kd], tensors[ku]
+            r = down.shape[0] if down.dim() >= 1 else 0
+            want_down = (r, *m.lora_down.shape[2:])
+            want_up = (m.lora_up.shape[1], r) + ((1, 1) if m.is_conv else ())
+            if tuple(down.shape) != want_down or not 1 <= r <= self.rank:
+                raise SpmctlError(
+                    f"shape mismatch for {kd!r}: got {tuple(down.shape)}, expected "
+                    f"{(self.rank, *m.lora_down.shape[2:])}"
+                )
+            if tuple(up.shape) != want_up:
+                raise SpmctlError(f"shape mismatch for {ku!r}: got {tuple(up.shape)}, expected {want_up}")
+            if file_rank is not None and r != file_rank:
+                raise SpmctlError(f"rank of {kd!r} is {r} but earlier modules have rank {file_rank}")
+            file_rank = r
+            alpha = float(tensors[ka]) if ka in tensors else float(r)
+            plan.append((m, down, up.reshape(up.shape[0], r), alpha))
+            used.update((kd, ku, ka))
+        extra = sorted(key for key in tensors if key not in used)
+        if extra:
+            raise SpmctlError(
+                f"membrane weights have unexpected key {extra[0]!r} (a membrane for another model?)"
+            )
+        assert file_rank is not None
+        with torch.no_grad():
+            for m, down, up, alpha in plan:
+                m.lora_down[k].zero_()
+                m.lora_up[k].zero_()
+                m.lora_down[k, :file_rank].copy_(down)
+                m.lora_up[k, :, :file_rank].copy_(up)
+                m.scale[k] = (alpha if alpha else file_rank) / file_rank
+        self.ranks[k] = file_rank
+        self.alphas[k] = plan[0][3] if plan[0][3] else float(file_rank)
+
+    # ------------------------------------------------------------------ files
+    def save(
+        self,
+        path: str | Path,
+        k: int = 0,
+        *,
+        prompts: Sequence[str],
+        dtype: torch.dtype = torch.float32,
+        extra_metadata: dict[str, str] | None = None,
+    ) -> Path:
+        from spmctl.membrane.io import save_membrane
+
+        return save_membrane(
+            path,
+            self.state_dict_for(k),
+            prompts=list(prompts),
+            rank=self.ranks[k],
+            alpha=self.alphas[k],
+            dtype=dtype,
+            extra_metadata=extra_metadata,
+        )
+
+    def load(self, path: str | Path, k: int = 0) -> list[str]:
+        """Load a membrane file into slot k; returns its prompts (the erased concepts)."""
+        from spmctl.membrane.io import load_membrane
+
+        mf = load_membrane(path)
+        try:
+            self.load_state_dict_for(k, mf.tensors)
+        except SpmctlError as exc:
+            raise SpmctlError(f"{path}: {exc}") from None
+        return mf.prompts

@@ -1,0 +1,164 @@
+"""The membrane op: the fused C++/CUDA kernel when it loads, the PyTorch reference otherwise.
+
+`SPMCTL_KERNEL` selects: `auto` (default: fused if it builds, else reference with one warning),
+`fused` (a build failure is an error), `reference` (never build).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+
+import torch
+
+from spmctl.errors import SpmctlError
+from spmctl.ops.reference import membrane_reference
+
+__all__ = ["membrane", "kernel_backend", "load_fused", "fused_supports", "MAX_CUDA_J"]
+
+MAX_CUDA_J = 32  # K * rank the CUDA kernels keep in registers; larger falls back to the reference
+
+_backend: str | None = None  # "fused" | "reference", decided once per process
+_reason = ""
+_lock = threading.Lock()
+
+
+def _op_registered() -> bool:
+    try:
+        torch.ops.spmctl.membrane_fwd  # noqa: B018 - attribute lookup is the check
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _register_python_parts() -> None:
+    """Fake (meta) kernels and autograd for the C++ op, so it composes with autograd/torch.compile."""
+
+    def out_format(x: torch.Tensor, conv: bool) -> torch.memory_format:
+        # Same rule as membrane_channels_last() in csrc/membrane_common.h.
+        if (
+            conv
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return torch.channels_last
+        return torch.contiguous_format
+
+    @torch.library.register_fake("spmctl::membrane_fwd")
+    def _fwd_fake(x, base_out, down, up, gate, scale, conv=False):
+        torch._check(x.dtype == base_out.dtype, lambda: "membrane: x and base_out dtypes differ")
+        return torch.empty(
+            base_out.shape, dtype=base_out.dtype, device=base_out.device, memory_format=out_format(x, conv)
+        )
+
+    @torch.library.register_fake("spmctl::membrane_bwd")
+    def _bwd_fake(grad_out, x, down, up, gate, scale, conv=False):
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_format(x, conv))
+        return (
+            gx,
+            torch.empty(down.shape, dtype=down.dtype, device=down.device),
+            torch.empty(up.shape, dtype=up.dtype, device=up.device),
+        )
+
+    def setup_context(ctx, inputs, output):
+        x, _base, down, up, gate, scale, *rest = inputs
+        ctx.conv = bool(rest[0]) if rest else False
+        ctx.save_for_backward(x, down, up, gate, scale)
+
+    def backward(ctx, grad):
+        x, down, up, gate, scale = ctx.saved_tensors
+        gx, gd, gu = torch.ops.spmctl.membrane_bwd(grad, x, down, up, gate, scale, ctx.conv)
+        need = ctx.needs_input_grad
+        return (
+            gx if need[0] else None,
+            grad if need[1] else None,
+            gd if need[2] else None,
+            gu if need[3] else None,
+            None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd("spmctl::membrane_fwd", backward, setup_context=setup_context)
+
+
+def _load() -> tuple[str, str]:
+    mode = os.environ.get("SPMCTL_KERNEL", "auto").strip().lower()
+    if mode not in ("auto", "fused", "reference"):
+        raise SpmctlError(f"SPMCTL_KERNEL must be auto, fused or reference, not {mode!r}")
+    if mode == "reference":
+        return "reference", "SPMCTL_KERNEL=reference"
+    if not _op_registered():
+        try:  # the extension setup.py builds with SPMCTL_BUILD_EXT=1
+            from spmctl.ops.build import PREBUILT_NAME
+
+            importlib.import_module(PREBUILT_NAME)
+        except ImportError:
+            pass
+    if not _op_registered():
+        try:
+            from spmctl.ops.build import build_and_load
+
+            build_and_load(verbose=os.environ.get("SPMCTL_BUILD_VERBOSE") == "1")
+        except Exception as exc:  # no compiler, no ninja, a compile error: all mean "no fused op"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            if mode == "fused":
+                raise SpmctlError(
+                    f"SPMCTL_KERNEL=fused but the membrane kernel failed to build: {first}"
+                ) from exc
+            return "reference", f"build failed: {first}"
+    _register_python_parts()
+    return "fused", ""
+
+
+def load_fused() -> str:
+    """Decide the backend once (building the kernel if needed); returns "fused" or "reference"."""
+    global _backend, _reason
+    if _backend is None:
+        with _lock:
+            if _backend is None:
+                backend, reason = _load()
+                _reason = reason
+                if backend == "reference" and reason != "SPMCTL_KERNEL=reference":
+                    warnings.warn(
+                        f"spmctl: the fused membrane kernel is unavailable ({reason}); using the slower "
+                        "PyTorch reference. Set SPMCTL_KERNEL=reference to choose it explicitly.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                _backend = backend
+    return _backend
+
+
+def kernel_backend() -> str:
+    return load_fused()
+
+
+def fused_supports(x: torch.Tensor, down: torch.Tensor) -> bool:
+    """Whether the loaded fused op has a kernel for this device/dtype/size."""
+    if x.device.type == "cpu":
+        return True
+    if x.device.type == "cuda":
+        if x.dtype == torch.float64 or down.shape[0] * down.shape[1] > MAX_CUDA_J:
+            return False
+        return torch._C._dispatch_has_kernel_for_dispatch_key("spmctl::membrane_fwd", "CUDA")
+    return False
+
+
+def membrane(
+    x: torch.Tensor,
+    base_out: torch.Tensor,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    gate: torch.Tensor,
+    scale: torch.Tensor,
+    conv: bool = False,
+) -> torch.Tensor:
+    """out = base_out + sum_k gate[b,k]*scale[k]*(x . down_k^T) . up_k^T (see spmctl.ops.reference)."""
+    backend = _backend if _backend is not None else load_fused()
+    if backend == "fused" and fused_supports(x, down):
+        return torch.ops.spmctl.membrane_fwd(x, base_out, down, up, gate, scale, conv)
+    return membrane_reference(x, base_out, down, up, gate, scale, conv)

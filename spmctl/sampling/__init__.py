@@ -1,0 +1,1 @@
+"""Sampling with membranes: facilitated transport, batched generation, resumable output."""

@@ -1,0 +1,126 @@
+"""Facilitated transport (FT): each membrane's strength adapts to the prompt (DESIGN §1.3).
+
+For prompt p and each erased concept c of a membrane:
+
+- clipcos  = cos(flatten(E(p)), flatten(E(c))), E = the text encoder's last hidden state
+             (77 x d, padding positions included, as the original code computes it);
+- tokenuni = |tokens(p) ∩ tokens(c)| / |tokens(c)|, special tokens (BOS/EOS/pad) excluded;
+- score    = max of the chosen metrics; the membrane's gate = max over its concepts x factor.
+
+Gate clipping: by default the gate is clipped to [0, 1]. A gate above 1 would push a membrane
+beyond the strength it was trained at, and a negative one (clipcos can be < 0) would *add* the
+concept back; neither is what "let unrelated prompts through" means. The original code does not
+clip (its scores lie in [-1, 1] and it has no factor), so `clip=False` reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
+
+
+@dataclass
+class ConceptBank:
+    """Every membrane's concepts, encoded once: embeddings (C, 77*d) and token-id sets."""
+
+    owners: list[int]  # concept i belongs to membrane owners[i]
+    embeds: torch.Tensor
+    tokens: list[set[int]]
+    num_membranes: int
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            ids.add(int(value))
+    return ids
+
+
+def _encode(
+    tokenizer: Any, text_encoder: Any, texts: list[str], chunk: int = 64
+) -> tuple[torch.Tensor, list]:
+    """Flattened fp32 last hidden states and the token ids (padded to 77, as SD encodes prompts)."""
+    from ..models.text import tokenize
+
+    ids = tokenize(tokenizer, texts)
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(texts), chunk):
+            part = ids[start : start + chunk].to(text_encoder.device)
+            outs.append(text_encoder(part)[0].float().flatten(1).cpu())
+    return torch.cat(outs), ids.tolist()
+
+
+def concept_bank(tokenizer: Any, text_encoder: Any, concepts: Sequence[Sequence[str]]) -> ConceptBank:
+    """`concepts[k]` are membrane k's erased concepts (a membrane without any gets gate 0 from FT)."""
+    flat = [c for group in concepts for c in group]
+    owners = [k for k, group in enumerate(concepts) for _ in group]
+    special = special_token_ids(tokenizer)
+    if flat:
+        embeds, ids = _encode(tokenizer, text_encoder, flat)
+    else:
+        embeds, ids = torch.zeros(0, 1), []
+    return ConceptBank(owners, embeds, [set(row) - special for row in ids], len(concepts))
+
+
+def concept_scores(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompts: Sequence[str],
+    bank: ConceptBank,
+    metric: str = "clipcos_tokenuni",
+) -> torch.Tensor:
+    """(P, C) matching score of every prompt against every concept."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if not bank.owners:
+        return torch.zeros(len(prompts), 0)
+    embeds, ids = _encode(tokenizer, text_encoder, list(prompts))
+    special = special_token_ids(tokenizer)
+    scores = []
+    if "clipcos" in metric:
+        a = torch.nn.functional.normalize(embeds, dim=1)
+        b = torch.nn.functional.normalize(bank.embeds, dim=1)
+        scores.append(a @ b.T)
+    if "tokenuni" in metric:
+        uni = torch.zeros(len(prompts), len(bank.tokens))
+        for i, row in enumerate(ids):
+            have = set(row) - special
+            for j, want in enumerate(bank.tokens):
+                uni[i, j] = len(have & want) / len(want) if want else 0.0
+        scores.append(uni)
+    return torch.stack(scores).amax(dim=0)
+
+
+def membrane_gates(
+    scores: torch.Tensor, bank: ConceptBank, factor: float = 1.0, clip: bool = True
+) -> torch.Tensor:
+    """(P, K): per prompt, each membrane's max score over its concepts x factor (clipped to [0, 1])."""
+    gates = torch.zeros(scores.shape[0], bank.num_membranes)
+    for k in range(bank.num_membranes):
+        cols = [i for i, owner in enumerate(bank.owners) if owner == k]
+        if cols:
+            gates[:, k] = scores[:, cols].amax(dim=1) * factor
+    return gates.clamp(0.0, 1.0) if clip else gates
+
+
+def ft_gates(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompts: Sequence[str],
+    concepts: Sequence[Sequence[str]],
+    *,
+    metric: str = "clipcos_tokenuni",
+    factor: float = 1.0,
+    clip: bool = True,
+) -> torch.Tensor:
+    """(P, K) FT gates of `prompts` for K membranes whose concepts are `concepts[k]`."""
+    bank = concept_bank(tokenizer, text_encoder, concepts)
+    return membrane_gates(concept_scores(tokenizer, text_encoder, prompts, bank, metric), bank, factor, clip)

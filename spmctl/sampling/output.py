@@ -1,0 +1,158 @@
+"""What a sampling run leaves on disk: PNGs with text metadata, `manifest.jsonl`, `grid.png`.
+
+Every PNG is written to a temporary name and renamed; each manifest line is appended and flushed
+after its PNG is in place, so an interrupted run leaves only complete images and at most one torn
+last line (ignored on reading). At the end the manifest is rewritten once, atomically, in job order
+and without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..training.checkpoint import atomic_write, write_text_atomic
+from .generate import Job
+
+MANIFEST = "manifest.jsonl"
+GRID = "grid.png"
+# what must agree for an existing image to count as this run's image
+SETTINGS_KEYS = (
+    "prompt",
+    "seed",
+    "index",
+    "image_seed",
+    "guidance",
+    "width",
+    "height",
+    "steps",
+    "spms",
+    "spm_sha256",
+    "gates",
+    "negative_prompt",
+    "model",
+    "noise_scheduler",
+    "ft_compat",
+    "clip_skip",
+    "precision",
+)
+
+
+def slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].rstrip("_") or "prompt"
+
+
+def file_names(jobs: Iterable[Job]) -> list[str]:
+    """`<slug>_<seed>_<idx>.png`; a name two different jobs would share gets a short hash suffix."""
+    names: list[str] = []
+    owner: dict[str, Job] = {}
+    for job in jobs:
+        stem = f"{slug(job.prompt)}_{job.seed}_{job.index}"
+        if stem in owner and owner[stem] != job:
+            key = f"{job.prompt}|{job.seed}|{job.index}|{job.guidance}|{job.width}x{job.height}"
+            stem = f"{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        owner.setdefault(stem, job)
+        names.append(f"{stem}.png")
+    return names
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """file name -> its last complete record."""
+    path = folder / MANIFEST
+    records: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by an interruption
+            continue
+        if isinstance(record, dict) and "file" in record:
+            records[record["file"]] = record
+    return records
+
+
+def differing_setting(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    for key in SETTINGS_KEYS:
+        if json.dumps(old.get(key)) != json.dumps(new.get(key)):
+            return key
+    return None
+
+
+class ManifestWriter:
+    def __init__(self, folder: Path, existing: dict[str, dict[str, Any]]) -> None:
+        self.folder = folder
+        self.records = dict(existing)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._handle = (folder / MANIFEST).open("a", encoding="utf-8")
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["file"]] = record
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def finish(self, order: list[str]) -> None:
+        self._handle.close()
+        keep = [self.records[name] for name in order if name in self.records]
+        others = [r for name, r in self.records.items() if name not in set(order)]  # earlier runs' images
+        write_text_atomic(self.folder / MANIFEST, "".join(json.dumps(r) + "\n" for r in others + keep))
+
+
+def to_pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray((np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+
+def a1111_parameters(record: dict[str, Any]) -> str:
+    """The `parameters` text A1111-style tools show for an image."""
+    lines = [record["prompt"]]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    spms = ", ".join(f"{s}: {g:.4g}" for s, g in zip(record["spms"], record["gates"], strict=True))
+    lines.append(
+        f"Steps: {record['steps']}, Sampler: {record['noise_scheduler']}, CFG scale: {record['guidance']}, "
+        f"Seed: {record['image_seed']}, Size: {record['width']}x{record['height']}, "
+        f"Model: {record['model']}, SPM gates: {spms or 'none'}"
+    )
+    return "\n".join(lines)
+
+
+def save_png(path: Path, image: np.ndarray, record: dict[str, Any]) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(record))
+    for key in ("prompt", "negative_prompt", "seed", "image_seed", "spms", "gates"):
+        value = record.get(key)
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    info.add_text("spmctl", json.dumps(record))
+    pil = to_pil(image)
+    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))
+
+
+def write_grid(folder: Path, files: list[str], limit: int = 256, cell: int = 128) -> Path | None:
+    """A contact sheet of (up to `limit` of) the run's images, each scaled to fit `cell` px."""
+    from PIL import Image
+
+    paths = [folder / f for f in files[:limit] if (folder / f).is_file()]
+    if not paths:
+        return None
+    cols = math.ceil(math.sqrt(len(paths)))
+    rows = math.ceil(len(paths) / cols)
+    sheet = Image.new("RGB", (cols * cell, rows * cell), "white")
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            thumb = img.convert("RGB")
+            thumb.thumbnail((cell, cell))
+            sheet.paste(thumb, ((i % cols) * cell, (i // cols) * cell))
+    target = folder / GRID
+    atomic_write(target, lambda tmp: sheet.save(tmp, format="PNG"))
+    return target

@@ -1,0 +1,267 @@
+"""`spmctl sample`'s run: prompts -> gates -> batched generation -> PNGs + manifest, resumable."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..config.sample import SampleConfig
+from ..errors import SpmctlError
+from ..providers import PromptRow
+from .generate import Generator, Job, build_pipeline
+from .output import ManifestWriter, differing_setting, file_names, read_manifest, save_png, write_grid
+from .stack import SPM, MembraneStack, load_spms
+
+
+def load_rows(cfg: SampleConfig) -> list[PromptRow]:
+    """Prompts from --prompt, --prompts-file and --dataset, in that order."""
+    from ..plugins import get_dataset
+
+    rows = [PromptRow(prompt=p) for p in cfg.prompts]
+    if cfg.prompts_file:
+        rows += list(get_dataset("prompts").rows(None, path=cfg.prompts_file))
+    if cfg.dataset:
+        root = Path(cfg.data_root) if cfg.data_root else None
+        rows += list(get_dataset(cfg.dataset).rows(root, use_sample=cfg.use_sample, **cfg.dataset_options))
+    if not rows:
+        raise SpmctlError(
+            "no prompts to generate: give --prompt, --prompts-file or --dataset "
+            "(or the dataset selection is empty)"
+        )
+    return rows
+
+
+def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
+    jobs = []
+    for r, row in enumerate(rows):
+        own = cfg.row_settings
+        width = row.width if own and row.width else cfg.width
+        height = row.height if own and row.height else cfg.height
+        if width <= 0 or height <= 0 or width % 8 or height % 8:
+            raise SpmctlError(
+                f"prompt {r + 1} ({row.prompt[:40]!r}): size {width}x{height} is not a positive "
+                "multiple of 8 (use --no-row-settings to use --width/--height)"
+            )
+        guidance = row.guidance_scale if own and row.guidance_scale is not None else cfg.guidance
+        seeds = [row.seed] if own and row.seed is not None else cfg.seeds
+        for seed, index in itertools.product(seeds, range(cfg.images_per_prompt)):
+            jobs.append(
+                Job(
+                    row.prompt,
+                    int(seed),
+                    index,
+                    float(guidance),
+                    int(width),
+                    int(height),
+                    r,
+                    tuple(row.categories),
+                    row.concept,
+                    dict(row.extra),
+                )
+            )
+    return jobs
+
+
+def compute_gates(cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[str]) -> torch.Tensor:
+    """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport."""
+    if not spms:
+        return torch.zeros(len(prompts), 0)
+    if cfg.multiplier is not None:
+        values = cfg.multiplier * len(spms) if len(cfg.multiplier) == 1 else cfg.multiplier
+        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone()
+    from .ft import ft_gates
+
+    # the original neither clips nor scales: reproduce it exactly in compat mode
+    original = cfg.ft_compat == "original"
+    return ft_gates(
+        model.tokenizer,
+        model.text_encoder,
+        prompts,
+        [s.concepts for s in spms],
+        metric=cfg.ft_metric,
+        factor=1.0 if original else cfg.facilitate_factor,
+        clip=not original,
+    )
+
+
+def print_gates(prompts: list[str], spms: list[SPM], gates: torch.Tensor) -> None:
+    from rich.table import Table
+
+    table = Table("prompt", *(f"{s.name} ({', '.join(s.concepts) or '-'})" for s in spms), box=None)
+    for prompt, row in zip(prompts, gates.tolist(), strict=True):
+        table.add_row(prompt, *(f"{g:.4f}" for g in row))
+    Console(width=200).print(table)
+
+
+def _record(
+    cfg: SampleConfig, model: Any, spms: list[SPM], job: Job, name: str, gates: list[float]
+) -> dict[str, Any]:
+    return {
+        "file": name,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        "index": job.index,
+        "image_seed": job.image_seed,
+        "guidance": job.guidance,
+        "width": job.width,
+        "height": job.height,
+        "steps": cfg.steps,
+        "spms": [str(s.path.resolve()) for s in spms],
+        "spm_sha256": [s.digest for s in spms],
+        "gates": [round(g, 6) for g in gates],
+        "concepts": [s.concepts for s in spms],
+        "negative_prompt": cfg.negative_prompt,
+        "model": model.source,
+        "noise_scheduler": cfg.noise_scheduler,
+        "ft_compat": cfg.ft_compat,
+        "clip_skip": cfg.clip_skip,
+        "precision": cfg.resolved_precision(),
+        "ft": cfg.multiplier is None,
+        "ft_metric": cfg.ft_metric,
+        "categories": list(job.categories),
+        "concept": job.concept,
+    }
+
+
+def run_sampling(
+    cfg: SampleConfig, console: Console | None = None, quiet: bool = False, show_gates: bool = False
+) -> Path:
+    from ..models.loading import load_sd_model
+
+    console = console or Console(stderr=True, quiet=quiet)
+    rows = load_rows(cfg)
+    spms = load_spms(cfg.spms, cfg.concepts)
+    if cfg.multiplier is not None and len(cfg.multiplier) not in (1, len(spms)):
+        raise SpmctlError(
+            f"--multiplier: give one value or one per SPM ({len(spms)}), not {len(cfg.multiplier)}"
+        )
+    model = load_sd_model(
+        cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=cfg.resolved_device()
+    )
+    # attach first: an SPM for another UNet fails here, before any output is touched
+    stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
+    try:
+        return _sample(cfg, model, rows, spms, stack, console, quiet, show_gates)
+    finally:
+        if stack is not None:
+            stack.close()
+
+
+def _sample(
+    cfg: SampleConfig,
+    model: Any,
+    rows: list[PromptRow],
+    spms: list[SPM],
+    stack: MembraneStack | None,
+    console: Console,
+    quiet: bool,
+    show_gates: bool,
+) -> Path:
+    prompts = list(dict.fromkeys(r.prompt for r in rows))
+    gates = compute_gates(cfg, model, spms, prompts)
+    if show_gates:
+        print_gates(prompts, spms, gates)
+        return Path(cfg.output_dir)
+    gate_of = dict(zip(prompts, gates.tolist(), strict=True))
+    jobs = plan_jobs(rows, cfg)
+    names = file_names(jobs)
+    out_dir = Path(cfg.output_dir)
+    existing = read_manifest(out_dir)
+    records = [
+        _record(cfg, model, spms, job, name, gate_of[job.prompt])
+        for job, name in zip(jobs, names, strict=True)
+    ]
+    todo = _pending(out_dir, records, existing, cfg.overwrite)
+    writer = ManifestWriter(out_dir, existing)
+    pending = set(todo)
+    for i, record in enumerate(records):  # an image on disk whose manifest line was lost: restore it
+        if i not in pending and existing.get(record["file"]) is None:
+            writer.add(record)
+    if len(todo) < len(jobs):
+        console.print(f"{len(jobs) - len(todo)} of {len(jobs)} images already in {out_dir}: skipped")
+    try:
+        pipe = build_pipeline(model, cfg.noise_scheduler, cfg.v_pred)
+        generate = Generator(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
+        _generate_all(generate, stack, jobs, records, todo, writer, cfg.batch_size, console, quiet, len(rows))
+    finally:
+        writer.finish(names)
+    if cfg.grid:
+        grid = write_grid(out_dir, names)
+        if grid is not None:
+            console.print(f"grid: {grid}")
+    console.print(f"{len(todo)} images written to {out_dir}")
+    return out_dir
+
+
+def _pending(
+    out_dir: Path, records: list[dict[str, Any]], existing: dict[str, dict[str, Any]], overwrite: bool
+) -> list[int]:
+    todo = []
+    for i, record in enumerate(records):
+        if not (out_dir / record["file"]).is_file():
+            todo.append(i)
+            continue
+        old = existing.get(record["file"])
+        changed = differing_setting(old, record) if old is not None else None
+        if changed is not None:
+            if not overwrite:
+                raise SpmctlError(
+                    f"{out_dir / record['file']} exists with another {changed} "
+                    f"({old.get(changed)!r} vs {record[changed]!r}); use another --output-dir "
+                    "or pass --overwrite"
+                )
+            todo.append(i)
+    return todo
+
+
+def _generate_all(
+    generate: Generator,
+    stack: MembraneStack | None,
+    jobs: list[Job],
+    records: list[dict[str, Any]],
+    todo: list[int],
+    writer: ManifestWriter,
+    batch_size: int,
+    console: Console,
+    quiet: bool,
+    num_prompts: int,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    left = defaultdict(int)  # images still to make per prompt row
+    for i in todo:
+        left[jobs[i].row] += 1
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i in todo:  # batch only jobs sharing size and guidance; keep the run's order inside a group
+        groups[jobs[i].group].append(i)
+    progress = Progress(
+        TextColumn("[bold]prompts"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[images]} images"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("sampling", total=num_prompts, completed=num_prompts - len(left), images=0)
+        made = 0
+        for members in groups.values():
+            for start in range(0, len(members), batch_size):
+                batch = members[start : start + batch_size]
+                if stack is not None:
+                    stack.set_gates(torch.tensor([records[i]["gates"] for i in batch]))
+                images = generate([jobs[i] for i in batch])
+                for i, image in zip(batch, images, strict=True):
+                    save_png(writer.folder / records[i]["file"], image, records[i])
+                    writer.add(records[i])
+                    made += 1
+                    left[jobs[i].row] -= 1
+                    if left[jobs[i].row] == 0:
+                        progress.advance(task)
+                progress.update(task, images=made)

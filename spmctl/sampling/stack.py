@@ -1,0 +1,174 @@
+"""Several SPM files on one UNet, with a gate per sample and membrane.
+
+Composition (DESIGN §1.3). Default: each membrane keeps its own gate,
+
+    y = base(x) + Σ_i g_i · scale_i · up_i(down_i(x)),
+
+which is exactly the K-membrane network with a (B, K) gate tensor. `compat="original"`
+reproduces the original SPM code, which loads Σ_i g_i·down_i and Σ_i g_i·up_i into one
+adapter (scale of the first file):
+
+    y = base(x) + scale_0 · (Σ_i g_i up_i)(Σ_j g_j down_j) = base(x) + Σ_ij g_i g_j · scale_0 · up_i down_j.
+
+That is still a sum of rank-r adapters, one per pair (i, j) with gate g_i·g_j, so it batches the
+same way: the network holds K² "pair" membranes instead of K. The original does the same for
+fixed multipliers (it sums `value * multiplier` for every key), so they are squared there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SpmctlError
+
+
+@dataclass
+class SPM:
+    path: Path
+    name: str
+    tensors: dict[str, torch.Tensor]
+    concepts: list[str]
+    rank: int
+    alpha: float
+    digest: str = ""  # sha256 prefix of the file: a retrained membrane at the same path is another SPM
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha or self.rank) / self.rank
+
+
+def resolve_spm_path(path: str | Path) -> Path:
+    """A file as is; a folder means `<folder>/<folder name>_last.safetensors` (the original's rule)
+    or else the folder's only `*_last.safetensors` (what `spmctl train` writes)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        named = p / f"{p.name}_last.safetensors"
+        if named.is_file():
+            return named
+        found = sorted(p.glob("*_last.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise SpmctlError(f"{p}: folder holds no *_last.safetensors membrane")
+        raise SpmctlError(
+            f"{p}: folder holds several membranes ({', '.join(f.name for f in found)}); name the file"
+        )
+    if not p.exists():
+        raise SpmctlError(f"SPM file not found: {p}")
+    return p
+
+
+def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
+    """Read every SPM file; `concepts[i]` (comma-joined) overrides file i's `prompts` metadata."""
+    from ..membrane import load_membrane
+
+    out = []
+    for i, raw in enumerate(paths):
+        path = resolve_spm_path(raw)
+        mf = load_membrane(path)
+        names = mf.prompts
+        if concepts is not None:
+            names = [c.strip() for c in concepts[i].split(",") if c.strip()]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        stem = path.stem.removesuffix("_last")
+        out.append(SPM(path, stem, mf.tensors, names, int(mf.rank), float(mf.alpha), digest))
+    return out
+
+
+class MembraneStack:
+    """K SPMs attached to a UNet; `set_gates((B, N))` takes one gate per sample and SPM.
+
+    The UNet batch may be a multiple of B: with classifier-free guidance diffusers runs
+    [unconditional; conditional] in one call, and both halves of a sample get its gates (as the
+    original code does: its membrane is on for the whole pipeline call).
+    """
+
+    def __init__(self, unet: Any, spms: list[SPM], compat: str = "default") -> None:
+        from ..membrane import MembraneNetwork
+
+        if not spms:
+            raise SpmctlError("no SPM given")
+        self.spms = spms
+        self.compat = compat
+        n = len(spms)
+        if compat == "original":
+            ranks = {s.rank for s in spms}
+            if len(ranks) > 1:
+                raise SpmctlError(
+                    "SPMs of different rank cannot be composed the original way "
+                    f"({', '.join(f'{s.path.name}: {s.rank}' for s in spms)}); "
+                    "drop --ft-compat original"
+                )
+            self.pairs = [(i, j) for i in range(n) for j in range(n)]
+        else:
+            self.pairs = [(i, i) for i in range(n)]
+        self.network = MembraneNetwork(
+            unet, rank=max(s.rank for s in spms), alpha=1.0, num_membranes=len(self.pairs)
+        )
+        param = next(unet.parameters())
+        self.network.to(device=param.device, dtype=param.dtype)
+        try:
+            for k, (i, j) in enumerate(self.pairs):
+                self.network.load_state_dict_for(k, self._pair_tensors(i, j))
+        except SpmctlError as exc:
+            self.network.detach()
+            bad = spms[self.pairs[k][1]]
+            raise SpmctlError(f"{bad.path}: {exc}") from None
+        self._rows = 1
+        self._gates = torch.ones(1, n)
+        self._hook = unet.register_forward_pre_hook(self._expand_for_batch, with_kwargs=True)
+
+    def _pair_tensors(self, i: int, j: int) -> dict[str, torch.Tensor]:
+        if i == j and self.compat != "original":
+            return self.spms[i].tensors
+        # pair (i, j): up of SPM i, down (and kohya alpha) of SPM j, at the first file's scale
+        up_src, down_src, first = self.spms[i].tensors, self.spms[j].tensors, self.spms[0]
+        out = {}
+        for key in down_src:
+            if key.endswith(".lora_down.weight"):
+                out[key] = down_src[key]
+            elif key.endswith(".lora_up.weight"):
+                out[key] = up_src[key]
+            elif key.endswith(".alpha"):
+                out[key] = torch.tensor(first.alpha or first.rank, dtype=torch.float32)
+        return out
+
+    def pair_gates(self, gates: torch.Tensor) -> torch.Tensor:
+        """(B, N) per-SPM gates -> (B, K) network gates (products g_i·g_j for the original composition)."""
+        gates = torch.as_tensor(gates, dtype=torch.float32)
+        if gates.dim() == 1:
+            gates = gates.unsqueeze(0)
+        return (
+            torch.stack([gates[:, i] * gates[:, j] for i, j in self.pairs], dim=1)
+            if self.compat == "original"
+            else gates
+        )
+
+    def set_gates(self, gates: torch.Tensor | float) -> None:
+        g = torch.as_tensor(gates, dtype=torch.float32)
+        if g.dim() == 0:
+            g = g.expand(1, len(self.spms))
+        self._gates = self.pair_gates(g)
+        self._rows = -1  # re-expanded on the next UNet call
+        self.network.set_gates(self._gates)
+
+    def _expand_for_batch(self, module: Any, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs.get("sample")
+        batch = int(sample.shape[0])
+        if batch == self._rows:
+            return
+        rows = self._gates.shape[0]
+        if rows != 1 and batch % rows:
+            raise SpmctlError(f"UNet batch {batch} is not a multiple of the {rows} gate rows")
+        # torch.cat([uncond, cond]) keeps sample order in each half, so a tiled copy lines up
+        self.network.set_gates(self._gates.repeat(batch // rows, 1) if rows != 1 else self._gates)
+        self._rows = batch
+
+    def close(self) -> None:
+        self._hook.remove()
+        self.network.detach()
