@@ -20,24 +20,33 @@ namespace spmctl {
 namespace {
 
 // Fixed-width lane blocks: independent partial sums let the compiler vectorise reductions without
-// -ffast-math (it may not reassociate a plain `s += a[i] * b[i]` loop). 64 lanes = several vector
-// registers, i.e. several independent FMA chains, so the loop is not bound by FMA latency.
+// -ffast-math (it may not reassociate a plain `s += a[i] * b[i]` loop). Long rows use 64 lanes
+// (several vector registers, i.e. several independent FMA chains, so the loop is not bound by FMA
+// latency); short rows (the tiny model, C = 32..64) use 8, because folding 64 partial sums would
+// cost more than the dot product itself.
 constexpr int64_t kLanes = 64;
-constexpr int64_t kLanesSmall = 16;
+constexpr int64_t kLanesShort = 8;
+
+template <typename acc_t>
+inline acc_t fold8(const acc_t* p) {
+  return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+}
 
 template <typename acc_t>
 inline acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
-  acc_t part[kLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
+  acc_t part8[kLanesShort] = {};
+  if (n >= 4 * kLanes) {
+    acc_t part[kLanes] = {};
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) part8[l % kLanesShort] += part[l];
   }
-  for (; i + kLanesSmall <= n; i += kLanesSmall) {
-    for (int64_t l = 0; l < kLanesSmall; ++l) part[l] += a[i + l] * b[i + l];
+  for (; i + kLanesShort <= n; i += kLanesShort) {
+    for (int64_t l = 0; l < kLanesShort; ++l) part8[l] += a[i + l] * b[i + l];
   }
-  for (int64_t l = kLanesSmall; l < kLanes; ++l) part[l % kLanesSmall] += part[l];
-  acc_t s = 0;
-  for (int64_t l = 0; l < kLanesSmall; ++l) s += part[l];
+  acc_t s = fold8(part8);
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
@@ -86,6 +95,35 @@ inline int64_t num_chunks(int64_t rows, int64_t min_rows) {
 
 // ---------------------------------------------------------------- channels contiguous ("rows")
 
+// Walks rows in order, keeping the sample index and its J per-row coefficients (gate * scale of
+// each row's membrane) up to date. Integer division per row (row -> sample, j -> membrane) cost
+// more than the whole dot product at small C, so it happens once per sample instead.
+template <typename acc_t>
+struct RowCursor {
+  const acc_t* coef;
+  const Geometry& g;
+  int64_t b, pos;
+  std::vector<acc_t> cj;
+  bool active = false;
+
+  RowCursor(const acc_t* coef_, const Geometry& g_, int64_t row)
+      : coef(coef_), g(g_), b(row / g_.N), pos(row % g_.N), cj(g_.J) {
+    load();
+  }
+  void load() {
+    const acc_t* cb = coef + b * g.K;
+    active = any_nonzero(cb, g.K, std::is_same_v<acc_t, double>);
+    for (int64_t j = 0; j < g.J; ++j) cj[j] = cb[j / g.r];
+  }
+  void next() {
+    if (++pos == g.N) {
+      pos = 0;
+      ++b;
+      if (b < g.B) load();
+    }
+  }
+};
+
 template <typename scalar_t>
 void fwd_rows(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::opmath_type<scalar_t>* D,
               const at::opmath_type<scalar_t>* U, const at::opmath_type<scalar_t>* coef, const Geometry& g) {
@@ -93,17 +131,17 @@ void fwd_rows(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::
   const int64_t rows = g.B * g.N;
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xs(g.Cin), os(g.Cout), t(g.J);
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t* cb = coef + (i / g.N) * g.K;
+    RowCursor<acc_t> cur(coef, g, begin);
+    for (int64_t i = begin; i < end; ++i, cur.next()) {
       const scalar_t* xr = x + i * g.Cin;
       const scalar_t* br = base + i * g.Cout;
       scalar_t* orow = out + i * g.Cout;
-      if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
-        std::copy(br, br + g.Cout, orow);  // gate 0: out is base_out, bit for bit
+      if (!cur.active) {
+        if (orow != br) std::copy(br, br + g.Cout, orow);  // gate 0: out is base_out, bit for bit
         continue;
       }
       const acc_t* xa = load_row<scalar_t, acc_t>(xr, xs.data(), g.Cin);
-      for (int64_t j = 0; j < g.J; ++j) t[j] = cb[j / g.r] * dot(xa, D + j * g.Cin, g.Cin);
+      for (int64_t j = 0; j < g.J; ++j) t[j] = cur.cj[j] * dot(xa, D + j * g.Cin, g.Cin);
       // Second streaming pass: base_out + the first term straight into `out` (fp32/fp64) or an L1
       // scratch row (fp16/bf16, rounded once at the end); further terms hit the row in L1.
       acc_t* o;
@@ -112,7 +150,11 @@ void fwd_rows(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::
       } else {
         o = os.data();
       }
-      axpy_from(t[0], U, br, o, g.Cout);
+      if (static_cast<const void*>(o) == static_cast<const void*>(br)) {
+        axpy(t[0], U, o, g.Cout);  // in place (membrane_fwd_): out already holds base_out
+      } else {
+        axpy_from(t[0], U, br, o, g.Cout);
+      }
       for (int64_t j = 1; j < g.J; ++j) axpy(t[j], U + j * g.Cout, o, g.Cout);
       if constexpr (!std::is_same_v<scalar_t, acc_t>) store_row(o, orow, g.Cout);
     }
@@ -136,17 +178,17 @@ void bwd_rows(const scalar_t* gout, const scalar_t* x, scalar_t* gx, const at::o
       acc_t* accD = c == 0 ? gD : partD.data() + (c - 1) * g.J * g.Cin;
       acc_t* accU = c == 0 ? gU : partU.data() + (c - 1) * g.J * g.Cout;
       const int64_t begin = rows * c / chunks, end = rows * (c + 1) / chunks;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t* cb = coef + (i / g.N) * g.K;
+      RowCursor<acc_t> cur(coef, g, begin);
+      for (int64_t i = begin; i < end; ++i, cur.next()) {
         scalar_t* gxr = gx + i * g.Cin;
-        if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
+        if (!cur.active) {
           std::fill(gxr, gxr + g.Cin, scalar_t(0));
           continue;
         }
         const acc_t* xa = load_row<scalar_t, acc_t>(x + i * g.Cin, xs.data(), g.Cin);
         const acc_t* ga = load_row<scalar_t, acc_t>(gout + i * g.Cout, gs.data(), g.Cout);
         for (int64_t j = 0; j < g.J; ++j) {
-          const acc_t s = cb[j / g.r];
+          const acc_t s = cur.cj[j];
           w[j] = s * dot(ga, U + j * g.Cout, g.Cout);  // d loss / d h_j
           v[j] = s * dot(xa, D + j * g.Cin, g.Cin);    // gated h_j
         }
@@ -189,9 +231,11 @@ void fwd_nchw(const scalar_t* x, const scalar_t* base, scalar_t* out, const at::
       const int64_t b = w / tiles, s0 = (w % tiles) * kTile, n = std::min(kTile, g.N - s0);
       const acc_t* cb = coef + b * g.K;
       if (!any_nonzero(cb, g.K, std::is_same_v<acc_t, double>)) {
-        for (int64_t co = 0; co < g.Cout; ++co) {
-          const scalar_t* src = base + (b * g.Cout + co) * g.N + s0;
-          std::copy(src, src + n, out + (b * g.Cout + co) * g.N + s0);
+        if (base != out) {
+          for (int64_t co = 0; co < g.Cout; ++co) {
+            const scalar_t* src = base + (b * g.Cout + co) * g.N + s0;
+            std::copy(src, src + n, out + (b * g.Cout + co) * g.N + s0);
+          }
         }
         continue;
       }
@@ -296,6 +340,41 @@ at::Tensor membrane_fwd_cpu(const at::Tensor& x_in, const at::Tensor& base_in, c
   return out;
 }
 
+// In place: `out` holds base_out and receives the sum. Used where no gradient is needed (denoising,
+// sampling): it saves allocating and first-touching a fresh output as large as the layer's output.
+at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, const at::Tensor& down,
+                                     const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale,
+                                     bool conv) {
+  const Geometry g = membrane_geometry(x_in, out, down, up, gate, scale, conv);
+  const auto fmt = membrane_format(x_in, conv);
+  if (!out.is_contiguous(fmt)) {
+    out.copy_(membrane_fwd_cpu(x_in, out, down, up, gate, scale, conv));
+    return out;
+  }
+  if (out.numel() == 0) return out;
+  const at::Tensor x = x_in.contiguous(fmt);
+  if (!g.nchw && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
+    // Row layout in fp32/fp64: two BLAS calls (rows x J projections, then a rank-J update of `out`)
+    // beat the row loop when rows are short, where per-row loop overhead dominates. A gate-0 sample
+    // gets an exact zero update, so its rows stay bit for bit equal to base_out.
+    const Operands op = membrane_operands(down, up, gate, scale, x.scalar_type());
+    at::Tensor h = at::mm(x.reshape({g.B * g.N, g.Cin}), op.D.t());  // (rows, J)
+    at::Tensor coef_j = op.coef.repeat_interleave(g.r, 1);           // (B, J)
+    h.view({g.B, g.N, g.J}).mul_(coef_j.unsqueeze(1));
+    out.view({g.B * g.N, g.Cout}).addmm_(h, op.U);
+    return out;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_inplace_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Operands op = membrane_operands(down, up, gate, scale, c10::CppTypeToScalarType<acc_t>::value);
+    auto fn = g.nchw ? fwd_nchw<scalar_t> : fwd_rows<scalar_t>;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    fn(x.const_data_ptr<scalar_t>(), o, o, op.D.const_data_ptr<acc_t>(), op.U.const_data_ptr<acc_t>(),
+       op.coef.const_data_ptr<acc_t>(), g);
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> membrane_bwd_cpu(const at::Tensor& gout_in,
                                                                 const at::Tensor& x_in, const at::Tensor& down,
                                                                 const at::Tensor& up, const at::Tensor& gate,
@@ -331,11 +410,15 @@ TORCH_LIBRARY(spmctl, m) {
       "membrane_fwd(Tensor x, Tensor base_out, Tensor down, Tensor up, Tensor gate, Tensor scale, "
       "bool conv=False) -> Tensor");
   m.def(
+      "membrane_fwd_(Tensor(a!) out, Tensor x, Tensor down, Tensor up, Tensor gate, Tensor scale, "
+      "bool conv=False) -> Tensor(a!)");
+  m.def(
       "membrane_bwd(Tensor grad_out, Tensor x, Tensor down, Tensor up, Tensor gate, Tensor scale, "
       "bool conv=False) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(spmctl, CPU, m) {
   m.impl("membrane_fwd", &spmctl::membrane_fwd_cpu);
+  m.impl("membrane_fwd_", &spmctl::membrane_fwd_inplace_cpu);
   m.impl("membrane_bwd", &spmctl::membrane_bwd_cpu);
 }

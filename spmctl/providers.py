@@ -103,3 +103,21 @@ def check_options(provider: str, options: dict[str, Any], known: Iterable[str]) 
     if unknown:
         raise SpmctlError(
             f"dataset {provider!r}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """An evaluation metric `spmctl eval run -m NAME` runs over sample folders (see `spmctl.eval`)."""
+
+    name: str
+    description: str
+
+    def evaluate(self, runs: Any, **options: Any) -> Any:
+        """Score every run side by side.
+
+        `runs`: a list of `spmctl.eval.EvalRun` (label, folder, manifest records); `options`: the
+        metric's `--set METRIC.KEY=VALUE` items. Returns a `spmctl.eval.MetricResult`, or simply
+        {run label: {column: value}}. Raise `spmctl.eval.MetricUnavailable` (one line) when it
+        cannot run here, e.g. weights missing offline.
+        """
+        ...

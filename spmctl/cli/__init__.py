@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import SpmctlError
-from . import download, export, plugins_cmd, sample, train
+from . import download, eval_cmd, export, plugins_cmd, sample, train
 
 app = typer.Typer(
     name="spmctl",
@@ -44,6 +44,7 @@ app.command("sample", help=sample.sample.__doc__)(sample.sample)
 app.add_typer(export.app, name="export", help="Export membranes: LoRA files, merged membranes or models.")
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
+app.add_typer(eval_cmd.app, name="eval", help="Measure erasure: nudity, UnlearnCanvas, CLIP score, FID, cost.")
 
 
 def _add_plugin_commands() -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spmctl.errors import SpmctlError
-from spmctl.ops import membrane
+from spmctl.ops import membrane, membrane_
 
 
 class GateState:
@@ -113,7 +113,10 @@ class MembraneModule(nn.Module):
         if self.pointwise and (not self.is_conv or x.dim() == 4):
             k, r = self.lora_down.shape[:2]
             down = self.lora_down.view(k, r, -1)  # (K, r, C_in) also for 1x1 conv kernels
-            return membrane(x, out, down, self.lora_up, gate, self.scale, self.is_conv)
+            if torch.is_grad_enabled() and (x.requires_grad or self.lora_up.requires_grad):
+                return membrane(x, out, down, self.lora_up, gate, self.scale, self.is_conv)
+            # no gradient wanted (denoising, sampling): add into the base layer's fresh output
+            return membrane_(out, x, down, self.lora_up, gate, self.scale, self.is_conv)
         return out + self._conv_delta(x, gate).to(out.dtype)
 
     def _conv_delta(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

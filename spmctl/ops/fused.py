@@ -16,7 +16,7 @@ import torch
 from spmctl.errors import SpmctlError
 from spmctl.ops.reference import membrane_reference
 
-__all__ = ["membrane", "kernel_backend", "load_fused", "fused_supports", "MAX_CUDA_J"]
+__all__ = ["membrane", "membrane_", "kernel_backend", "load_fused", "fused_supports", "MAX_CUDA_J"]
 
 MAX_CUDA_J = 32  # K * rank the CUDA kernels keep in registers; larger falls back to the reference
 
@@ -83,6 +83,10 @@ def _register_python_parts() -> None:
         )
 
     torch.library.register_autograd("spmctl::membrane_fwd", backward, setup_context=setup_context)
+
+    @torch.library.register_fake("spmctl::membrane_fwd_")
+    def _fwd_inplace_fake(out, x, down, up, gate, scale, conv=False):
+        return out
 
 
 def _load() -> tuple[str, str]:
@@ -162,3 +166,23 @@ def membrane(
     if backend == "fused" and fused_supports(x, down):
         return torch.ops.spmctl.membrane_fwd(x, base_out, down, up, gate, scale, conv)
     return membrane_reference(x, base_out, down, up, gate, scale, conv)
+
+
+def membrane_(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    gate: torch.Tensor,
+    scale: torch.Tensor,
+    conv: bool = False,
+) -> torch.Tensor:
+    """In-place form for when no gradient is needed: `out` holds base_out and receives the sum.
+
+    Returns the result, which is `out` itself where an in-place kernel exists (the CPU op) and a new
+    tensor otherwise, so callers use the return value.
+    """
+    backend = _backend if _backend is not None else load_fused()
+    if backend == "fused" and x.device.type == "cpu" and out.dtype == x.dtype:
+        return torch.ops.spmctl.membrane_fwd_(out, x, down, up, gate, scale, conv)
+    return membrane(x, out, down, up, gate, scale, conv)

@@ -1,0 +1,16 @@
+"""`spmctl eval`: measure erasure over the folders `spmctl sample` writes.
+
+Each metric reads runs (a sample folder: PNGs + `manifest.jsonl`) and returns a `MetricResult`;
+`report` turns results into a terminal table, a JSON file, a Markdown report and bar charts.
+Built-in metrics live in this package; plugins add more through the `register_metrics` hook
+(see `spmctl.providers.Metric` and, for UnlearnCanvas classifiers, `classifiers.ImageClassifier`).
+
+Nothing heavy is imported here: NudeNet, torchmetrics, timm and matplotlib load inside the metric
+that needs them, so a missing optional package only disables that metric.
+"""
+
+from __future__ import annotations
+
+from .base import EvalRun, MetricResult, MetricUnavailable, load_runs
+
+__all__ = ["EvalRun", "MetricResult", "MetricUnavailable", "load_runs"]

@@ -1,0 +1,71 @@
+"""Cost: training time per concept, peak memory and adapter size, from `spmctl train`'s summary.json.
+
+A run folder may be a training output folder (with summary.json) or a sample folder: then the
+summaries beside the SPM files its manifest names are read (several SPMs: times and sizes add up,
+peak memory is the largest).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpmctlError
+from .base import EvalRun, MetricResult, builtin_metric
+
+SUMMARY = "summary.json"
+MIB = 1024 * 1024
+
+
+def summaries_for(folder: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
+    if (folder / SUMMARY).is_file():
+        return [folder / SUMMARY]
+    spms = (records[0].get("spms") or []) if records else []
+    return list(dict.fromkeys(Path(s).parent / SUMMARY for s in spms))
+
+
+def combine(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row from one or more training summaries."""
+    concepts = sum(len(s.get("concepts") or []) or 1 for s in summaries)
+    seconds = sum(float(s.get("seconds") or 0.0) for s in summaries)
+    peaks = [int(s["peak_memory_bytes"]) for s in summaries if s.get("peak_memory_bytes") is not None]
+    return {
+        "spms": len(summaries),
+        "concepts": concepts,
+        "seconds": round(seconds, 3),
+        "seconds_per_concept": round(seconds / concepts, 3),
+        "seconds_per_iteration": round(sum(float(s.get("seconds_per_iteration") or 0.0) for s in summaries)
+                                       / len(summaries), 5),
+        "peak_memory_mib": round(max(peaks) / MIB, 2) if peaks else None,
+        "adapter_mib": round(sum(int(s.get("adapter_bytes") or 0) for s in summaries) / MIB, 4),
+    }
+
+
+class CostMetric:
+    name = "cost"
+    description = "training time per concept, peak memory and adapter size (from train's summary.json)"
+
+    def evaluate(self, runs: Sequence[EvalRun], **_: Any) -> MetricResult:
+        result = MetricResult(metric=self.name)
+        for run in runs:
+            paths = summaries_for(run.folder, run.records)
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise SpmctlError(f"cost: {run.label}: {missing[0]} not found (written by `spmctl train`)")
+            if not paths:  # the base model: nothing was trained
+                result.table[run.label] = {"spms": 0}
+                continue
+            summaries = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+            result.table[run.label] = combine(summaries)
+            result.details[run.label] = {"summaries": [str(p) for p in paths]}
+        numeric = ("seconds_per_concept", "peak_memory_mib", "adapter_mib")
+        result.charts = {f"cost_{key}": {label: {key: float(row[key])} for label, row in result.table.items()
+                                         if row.get(key) is not None} for key in numeric}
+        return result
+
+
+@builtin_metric(CostMetric.name, CostMetric.description)
+def _factory() -> CostMetric:
+    return CostMetric()
