@@ -1,7 +1,8 @@
 """Seconds per iteration and peak memory: `spmctl train` vs. the original training loop.
 
 Both run on the same model, config and seed, each in its own process (so peak memory is
-per run), one after the other in this one invocation:
+per run), one after the other in this one invocation; the original loop replays spmctl's
+per-iteration denoising depths k, so both do the same denoising work:
 
     python benchmarks/bench_train.py [--model tiny] [--iterations 60] [--out bench_train.json]
 """
@@ -35,7 +36,7 @@ def bench_config(model: str, iterations: int, resolution: int, out_dir: str) -> 
     }
 
 
-def run_original(config_path: str) -> dict:
+def run_original(config_path: str, ks: list[int]) -> dict:
     """Child process: the original loop (imports spmctl only for model loading and text encoding)."""
     sys.path.insert(0, str(HERE))
     from original_loop import train
@@ -48,7 +49,7 @@ def run_original(config_path: str) -> dict:
     settings = resolve_prompt_settings(cfg)[0]
     model = load_sd_model(cfg.pretrained_model.ckpt_path)
     result = train(model, lambda: make_scheduler("ddim", model.scheduler_config), settings,
-                   cfg.train.iterations, cfg.train.max_denoising_steps, cfg.train.lr, cfg.seed)
+                   cfg.train.iterations, cfg.train.max_denoising_steps, cfg.train.lr, cfg.seed, ks)
     result["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result
 
@@ -59,10 +60,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--out", default="bench_train.json")
-    parser.add_argument("--original-child", help=argparse.SUPPRESS)
+    parser.add_argument("--original-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.original_child:
-        print(json.dumps(run_original(args.original_child)))
+        config_path, ks = args.original_child
+        print(json.dumps(run_original(config_path, json.loads(ks))))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +76,10 @@ def main() -> None:
         subprocess.run([str(spmctl), "train", "-c", str(cfg_path), "--quiet"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         ours = json.loads((Path(tmp) / "out" / "summary.json").read_text())
-        child = subprocess.run([sys.executable, __file__, "--original-child", str(cfg_path)], check=True,
+        # the original loop replays spmctl's denoising depths: both then do the same denoising work
+        log = (Path(tmp) / "out" / "log.jsonl").read_text().splitlines()
+        ks = json.dumps([json.loads(line)["k"] for line in log])
+        child = subprocess.run([sys.executable, __file__, "--original-child", str(cfg_path), ks], check=True,
                                capture_output=True, text=True, env=env)
         original = json.loads(child.stdout.strip().splitlines()[-1])
 

@@ -79,7 +79,9 @@ def sample_anchors(target: torch.Tensor, uncond: torch.Tensor, count: int) -> to
 
 
 def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_steps: int, lr: float,
-          seed: int = 0) -> dict[str, float]:
+          seed: int = 0, ks: list[int] | None = None) -> dict[str, float]:
+    """`ks`: the denoising depth of each iteration (replayed from a spmctl run, so that both loops do
+    the same amount of denoising work); drawn at random as the original does when not given."""
     from spmctl.models.text import encode_prompts
 
     torch.manual_seed(seed)
@@ -94,11 +96,11 @@ def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_s
     batch = settings.batch_size
     vae_factor = model.vae_scale_factor
     start = time.perf_counter()
-    for _ in range(iterations):
+    for it in range(iterations):
         with torch.no_grad():
             sched.set_timesteps(max_steps)
             opt.zero_grad()
-            k = int(torch.randint(1, max_steps, (1,)))
+            k = ks[it] if ks is not None else int(torch.randint(1, max_steps, (1,)))
             res = settings.resolution
             latents = torch.randn(batch, 4, res // vae_factor, res // vae_factor) * sched.init_noise_sigma
             set_multiplier(adapters, 1.0)

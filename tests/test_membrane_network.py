@@ -268,3 +268,30 @@ def test_truncated_corrupt_and_missing_files(tmp_path):
     with pytest.raises(SpmctlError, match="float32, float16 or bfloat16"):
         save_membrane(tmp_path / "x.safetensors", {}, prompts=[], rank=1, alpha=1.0, dtype=torch.int8)
     assert sorted(os.listdir(tmp_path)) == ["junk.safetensors", "m.safetensors", "trunc.safetensors"]
+
+
+def test_merged_weights_match_the_membrane_and_leave_the_base_untouched(inputs, monkeypatch):
+    unet = build_tiny_unet()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    net = MembraneNetwork(unet, num_membranes=2)
+    randomise(net, seed=3)
+    with net.gated([0.7, 0.2]):
+        expected = run(unet, inputs)
+    with net.merged([0.7, 0.2]):
+        merged = run(unet, inputs)
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
+    assert all(m.merged_weight is None for _, m in net.modules())  # unmerged on exit
+    net.detach()
+    for key, value in unet.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # over the memory budget it runs the membrane op instead (same result)
+    net = MembraneNetwork(unet, num_membranes=2)
+    randomise(net, seed=3)
+    with net.gated([0.7, 0.2]):
+        expected = run(unet, inputs)
+    monkeypatch.setenv("SPMCTL_MERGE_BUDGET_MB", "0")
+    with net.merged([0.7, 0.2]):
+        assert all(m.merged_weight is None for _, m in net.modules())
+        assert torch.equal(run(unet, inputs), expected)
+    with pytest.raises(SpmctlError, match="same for every sample"), net.merged(torch.ones(2, 2)):
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -157,6 +158,31 @@ class MembraneNetwork:
             yield self
         finally:
             self._state.set(previous)
+
+    @contextlib.contextmanager
+    def merged(self, gates: GateSpec = 1.0) -> Iterator[MembraneNetwork]:
+        """The same gates for every sample and no gradient (e.g. the partial denoising of training):
+        each layer runs once with W + Σ_k g_k·scale_k·up_k·down_k as its weight, instead of the
+        base layer plus the membrane op. The merged weights are temporary copies (the base weights
+        are never modified, so nothing drifts); where they would take more memory than
+        `SPMCTL_MERGE_BUDGET_MB` (default 512), this falls back to `gated(gates)`.
+        """
+        g = self._gates_tensor(gates)
+        if g.shape[0] != 1:
+            raise SpmctlError("merged(): needs one gate per membrane, the same for every sample")
+        budget = float(os.environ.get("SPMCTL_MERGE_BUDGET_MB", "512")) * 2**20
+        need = sum(m.base.weight.numel() * m.base.weight.element_size() for m in self._modules.values())
+        if need > budget or torch.is_grad_enabled():
+            with self.gated(gates):
+                yield self
+            return
+        try:
+            for m in self._modules.values():
+                m.merge(g[0])
+            yield self
+        finally:
+            for m in self._modules.values():
+                m.merged_weight = None
 
     # ------------------------------------------------------------------ weights (kohya layout)
     def _check_k(self, k: int) -> None:
