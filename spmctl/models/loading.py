@@ -8,6 +8,7 @@ folder, a single-file checkpoint (`.ckpt`, loaded with weights_only, or
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,12 @@ def quiet_libraries() -> None:
         tlog.set_verbosity_error()
     except ImportError:  # pragma: no cover
         pass
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        logging.getLogger("diffusers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 
@@ -94,6 +100,12 @@ def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: s
     quiet_libraries()
     if is_tiny(path):
         model = _from_pipeline(build_tiny_pipeline(), "builtin:tiny-sd")
+        if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # The tiny model's ops take microseconds: worker threads only add hand-offs, and on a busy
+            # machine spinning OpenMP workers slow it down many times over. OMP_NUM_THREADS overrides.
+            import torch
+
+            torch.set_num_threads(1)
     else:
         model = _load_external(path, v2=v2, v_pred=v_pred)
     _check_architecture(model)
@@ -101,8 +113,11 @@ def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: s
     for part in (model.unet, model.text_encoder, model.vae):
         if part is not None:
             part.requires_grad_(False)
-            # cast only when needed: diffusers warns on every .to(dtype) call, even a no-op one
-            part.to(device=device, dtype=None if part.dtype == torch_type else torch_type)
+            # cast only when needed: diffusers warns on every .to() that names a dtype, even a no-op one
+            if part.dtype == torch_type:
+                part.to(device)
+            else:
+                part.to(device=device, dtype=torch_type)
             part.eval()
     return model
 
