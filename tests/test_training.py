@@ -216,3 +216,42 @@ def test_bad_model_paths_are_one_line(tmp_path: Path, model: str, expected: str)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_prompt_section_alone_is_what_trains(tmp_path: Path):
+    """The seed silently ignored its own `prompt:` section; here it is the run's target."""
+    cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "o"), train__iterations=2,
+                            template=None, template_name=None,
+                            prompt={"target": "dog", "action": "erase", "resolution": 64})
+    cfg, _ = load_train_config(cfg_path)
+    last = run_training(cfg, quiet=True)
+    assert last.name == "dog_last.safetensors" and load_membrane(last).prompts == ["dog"]
+    targets = {json.loads(line)["target"] for line in (tmp_path / "o" / "log.jsonl").read_text().splitlines()}
+    assert targets == {"dog"}
+
+
+def test_use_sample_false_is_never_read_as_true():
+    """The seed parsed `--use_sample False` as true; here the flag takes no value."""
+    result = run_spmctl("train", "--use_sample", "False", "--print-config")
+    assert result.returncode == 2 and "False" in result.stderr
+    shown = run_spmctl("train", "--no-use-sample", "--print-config")
+    assert "use_sample: false  # command line" in shown.stdout
+
+
+def test_every_anchor_counts_and_no_unconditional_half_is_wasted(tmp_path: Path):
+    """UNet batches per step: CFG denoising [uncond, target] x B, then one OFF call with positive,
+    neutral and all A anchors (2B + A) and one ON call with target and all A anchors (B + A)."""
+    cfg_path = write_config(tmp_path / "c.yaml", prompt__sampling_batch_size=4, prompt__batch_size=2)
+    cfg, _ = load_train_config(cfg_path)
+    model = load_sd_model("tiny")
+    net = MembraneNetwork(model.unet)
+    objective = SPMObjective(model.unet, net, lambda: make_scheduler("ddim", model.scheduler_config),
+                             cfg.train.max_denoising_steps, model.vae_scale_factor)
+    embeds = _embeds(model, resolve_prompt_settings(cfg), 1)[0]
+    batches: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        _, terms = objective.loss(embeds, torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert batches == [2 * 2] * terms["k"] + [2 * 2 + 4, 2 + 4]
