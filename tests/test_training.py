@@ -255,3 +255,24 @@ def test_every_anchor_counts_and_no_unconditional_half_is_wasted(tmp_path: Path)
     finally:
         hook.remove()
     assert batches == [2 * 2] * terms["k"] + [2 * 2 + 4, 2 + 4]
+
+
+def test_single_file_checkpoints_train_offline(tmp_path: Path, tiny_model_dir: Path):
+    """A CompVis-layout .safetensors and a .ckpt (read with weights_only) of the tiny model, with
+    pretrained_model.config naming a folder of its configs (no hub access)."""
+    from safetensors.torch import load_file
+
+    from spmctl.export.model import export_model
+
+    single = export_model("tiny", [], tmp_path / "tiny.safetensors", fmt="safetensors")
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": load_file(str(single))}, ckpt)
+    reference = load_sd_model("tiny").unet.state_dict()
+    for path in (single, ckpt):
+        model = load_sd_model(str(path), config=str(tiny_model_dir))
+        for key, value in model.unet.state_dict().items():
+            assert torch.equal(value, reference[key]), (path.suffix, key)
+    cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "o"), train__iterations=1,
+                            pretrained_model={"ckpt_path": str(ckpt), "config": str(tiny_model_dir)})
+    result = run_spmctl("train", "-c", str(cfg_path), "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr

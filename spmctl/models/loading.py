@@ -95,8 +95,11 @@ def _check_architecture(model: SDModel) -> None:
 
 
 def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: str = "float32",
-                  device: str = "cpu") -> SDModel:
-    """Load the model at `path`; every failure is one SpmctlError line naming the path."""
+                  device: str = "cpu", config: str | None = None) -> SDModel:
+    """Load the model at `path`; every failure is one SpmctlError line naming the path.
+
+    `config`: for a single-file checkpoint, a diffusers folder or hub id whose configs describe it
+    (offline, a single file cannot be turned into a pipeline without them)."""
     quiet_libraries()
     if is_tiny(path):
         model = _from_pipeline(build_tiny_pipeline(), "builtin:tiny-sd")
@@ -107,7 +110,7 @@ def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: s
 
             torch.set_num_threads(1)
     else:
-        model = _load_external(path, v2=v2, v_pred=v_pred)
+        model = _load_external(path, v2=v2, v_pred=v_pred, config=config)
     _check_architecture(model)
     torch_type = torch_dtype(dtype)
     for part in (model.unet, model.text_encoder, model.vae):
@@ -122,7 +125,7 @@ def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: s
     return model
 
 
-def _load_external(path: str, *, v2: bool, v_pred: bool) -> SDModel:
+def _load_external(path: str, *, v2: bool, v_pred: bool, config: str | None = None) -> SDModel:
     from diffusers import StableDiffusionPipeline
 
     local = Path(path).expanduser()
@@ -137,7 +140,7 @@ def _load_external(path: str, *, v2: bool, v_pred: bool) -> SDModel:
     if local.suffix in {".ckpt", ".safetensors", ".pt", ".bin"}:
         if not local.exists():
             raise SpmctlError(f"{path}: model file not found")
-        return _load_single_file(local, v2=v2, v_pred=v_pred)
+        return _load_single_file(local, v2=v2, v_pred=v_pred, config=config)
     if local.exists():
         raise SpmctlError(f"{path}: not a model (expected a diffusers folder, .ckpt or .safetensors)")
     if path.count("/") != 1 or path.startswith((".", "/", "~")):
@@ -149,7 +152,7 @@ def _load_external(path: str, *, v2: bool, v_pred: bool) -> SDModel:
                           "(offline? fetch it first with `spmctl download model`)") from None
 
 
-def _load_single_file(path: Path, *, v2: bool, v_pred: bool) -> SDModel:
+def _load_single_file(path: Path, *, v2: bool, v_pred: bool, config: str | None = None) -> SDModel:
     """A CompVis/A1111 single-file checkpoint. `.ckpt` pickles are read with weights_only=True."""
     from diffusers import StableDiffusionPipeline
 
@@ -158,10 +161,18 @@ def _load_single_file(path: Path, *, v2: bool, v_pred: bool) -> SDModel:
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     if v_pred:
         kwargs["prediction_type"] = "v_prediction"
+    if config:
+        kwargs["config"] = config
+        kwargs["local_files_only"] = Path(config).expanduser().is_dir()
+    elif v2:
+        kwargs["config"] = "stabilityai/stable-diffusion-2-1" if v_pred else "stabilityai/stable-diffusion-2-1-base"
     try:
         pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
     except Exception as exc:
         hint = " (is it SD 2.x? set pretrained_model.v2)" if not v2 else ""
+        if not config:
+            hint += ("; offline, set pretrained_model.config to a diffusers folder (or hub id) holding "
+                     "this model's configs")
         raise SpmctlError(f"{path}: cannot load single-file checkpoint: {_short(exc)}{hint}") from None
     return _from_pipeline(pipe, str(path))
 
