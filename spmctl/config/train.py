@@ -40,6 +40,8 @@ class PretrainedModel(Section):
     v2: bool = Field(False, description="the checkpoint is SD 2.x")
     v_pred: bool = Field(False, description="v-prediction model (SD 2.x 768)")
     clip_skip: int = Field(1, ge=1, description="use the text encoder's n-th last layer (1 = last)")
+    config: str | None = Field(None, description="for a single-file checkpoint: a diffusers folder or hub "
+                               "id with its configs (needed offline)")
 
 
 class Network(Section):
@@ -165,6 +167,9 @@ class TrainConfig(CommandSettings):
     template: str | None = Field(None, description="template provider: object, style, i2p, concept")
     template_name: str | None = Field(None, description="what the template erases, e.g. Abstractionism")
     devices: str = Field("0", description='CUDA devices, e.g. "0" or "0,1"')
+    distributed: Literal["concepts", "ddp"] = Field(
+        "concepts", description="several processes: 'concepts' trains one concept per process (sweeps); "
+        "'ddp' trains each membrane data-parallel over all of them")
     output_dir: str = "outputs/semipermeable_membrane/finetuned_models"
     verbose: bool = False
     seed: int = Field(0, description="random seed of the run")
