@@ -358,10 +358,14 @@ at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, co
     // beat the row loop when rows are short, where per-row loop overhead dominates. A gate-0 sample
     // gets an exact zero update, so its rows stay bit for bit equal to base_out.
     const Operands op = membrane_operands(down, up, gate, scale, x.scalar_type());
-    at::Tensor h = at::mm(x.reshape({g.B * g.N, g.Cin}), op.D.t());  // (rows, J)
-    at::Tensor coef_j = op.coef.repeat_interleave(g.r, 1);           // (B, J)
+    // rows x channels views: a channels-last (B, C, H, W) tensor is (B, H, W, C) in memory
+    auto rows2d = [](const at::Tensor& t) {
+      return t.dim() == 4 ? t.permute({0, 2, 3, 1}).view({-1, t.size(1)}) : t.view({-1, t.size(-1)});
+    };
+    at::Tensor h = at::mm(rows2d(x), op.D.t());             // (rows, J)
+    at::Tensor coef_j = op.coef.repeat_interleave(g.r, 1);  // (B, J)
     h.view({g.B, g.N, g.J}).mul_(coef_j.unsqueeze(1));
-    out.view({g.B * g.N, g.Cout}).addmm_(h, op.U);
+    rows2d(out).addmm_(h, op.U);
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_inplace_cpu", [&] {

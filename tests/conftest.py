@@ -27,6 +27,14 @@ def run_spmctl(*args: str, env: dict[str, str] | None = None, cwd: str | Path | 
                           timeout=timeout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """In-process torch too (it may have been imported before OMP_NUM_THREADS was read)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny model saved as a diffusers folder (what a downloaded model looks like)."""

@@ -14,15 +14,6 @@ from spmctl.membrane import MembraneFile, MembraneNetwork, load_membrane, lora_n
 from spmctl.models.tiny import build_tiny_unet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny GEMMs gain nothing from threads, and on a busy 2-core CI box the OpenMP hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)

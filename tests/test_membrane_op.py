@@ -18,15 +18,6 @@ from spmctl.ops.build import csrc_dir, extension_sources, jit_spec
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small shapes gain nothing from threads; on a busy 2-core box OpenMP hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fused():
     """Build (once, shared cache) and load the fused op; skip where no compiler is available."""
@@ -230,3 +221,44 @@ def test_cuda_glue_parses_against_torch_headers(tmp_path):
     cmd += [f"-isystem{p}" for p in include_paths()] + [str(csrc_dir() / "membrane_cuda.cpp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["linear", "conv", "conv_cl"])
+def test_inplace_form_matches(fused, layout, dtype):
+    """membrane_ (no-grad work: denoising, sampling) adds into base_out in place."""
+    from spmctl.ops import membrane_
+
+    x, base, down, up, gate, scale, conv = make_case(layout, dtype, 3, 2)
+    expected = membrane_reference(x, base, down, up, gate, scale, conv)
+    out = base.clone()
+    got = membrane_(out, x, down, up, gate, scale, conv)
+    assert got.data_ptr() == out.data_ptr()  # really in place on the CPU
+    tol = TOL[dtype]
+    torch.testing.assert_close(got, expected, atol=tol * 4, rtol=tol)
+    assert torch.equal(got[0], base[0])  # gate-0 sample untouched
+
+
+def test_two_threads_give_the_same_result(fused):
+    """The CPU kernels split rows into per-thread chunks with fixed reduction order."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 300, 40, generator=g, requires_grad=True)
+    base = torch.randn(4, 300, 48, generator=g)
+    down = (torch.randn(2, 1, 40, generator=g) * 0.3).requires_grad_()
+    up = (torch.randn(2, 48, 1, generator=g) * 0.3).requires_grad_()
+    gate, scale = torch.rand(4, 2, generator=g), torch.tensor([1.0, 0.5])
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            for t in (x, down, up):
+                t.grad = None
+            out = fused(x, base, down, up, gate, scale, False)
+            out.sum().backward()
+            results.append([out.detach(), x.grad.clone(), down.grad.clone(), up.grad.clone()])
+        finally:
+            torch.set_num_threads(1)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    ref = membrane_reference(x, base, down, up, gate, scale, False)
+    torch.testing.assert_close(results[0][0], ref.detach(), rtol=1e-5, atol=1e-5)

@@ -21,16 +21,6 @@ STEPS = 3
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny model's ops are microseconds long; with 2 cores shared by other jobs, OpenMP
-    # spinning makes multi-threaded CPU kernels ~100x slower. One thread is fast and deterministic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_spm(
     path: Path, concepts: list[str], seed: int, rank: int = 1, alpha: float = 1.0, std: float = 0.3
 ) -> Path:
