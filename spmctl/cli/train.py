@@ -24,7 +24,9 @@ def train(
                                                  help="Template provider: object, style, i2p or concept.")] = None,
     template_name: Annotated[str | None, typer.Option("--template_name", "--template-name",
                                                       help="What to erase, e.g. Abstractionism.")] = None,
-    devices: Annotated[str | None, typer.Option("--devices", help='CUDA devices, e.g. "0" or "0,1".')] = None,
+    devices: Annotated[str | None, typer.Option(
+        "--devices", help='CUDA devices, e.g. "0" or "0,1" (with --sweep or --ddp: one process each), "cpu", '
+        'or "cpu,cpu" for several CPU processes.')] = None,
     output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir",
                                                    help="Where membranes and logs go.")] = None,
     use_sample: Annotated[bool | None, typer.Option("--use_sample", "--use-sample/--no-use-sample",
@@ -35,6 +37,16 @@ def train(
     iterations: Annotated[int | None, typer.Option("--iterations", help="train.iterations")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed of the run.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    sweep: Annotated[Path | None, typer.Option(
+        "--sweep", help="Text file, one concept per line: one membrane per concept in output_dir/<concept>/ "
+        "(a re-run continues the sweep).")] = None,
+    sweep_template: Annotated[str | None, typer.Option(
+        "--sweep-template", "--sweep_template", help="Template whose names the sweep erases, e.g. style.")] = None,
+    sweep_names: Annotated[str | None, typer.Option(
+        "--sweep-names", "--sweep_names", help='Sweep these names: "all" (every name of the template) or A,B,C.')
+    ] = None,
+    ddp: Annotated[bool, typer.Option(
+        "--ddp", help="Train each membrane data-parallel over all --devices (distributed: ddp).")] = False,
     verbose: Annotated[bool | None, typer.Option("--verbose", help="Verbose logging.",
                                                  show_default=False)] = None,
     set_: SetOption = None,
@@ -49,7 +61,7 @@ def train(
         "dataset_type": dataset_type, "template": template, "template_name": template_name,
         "devices": devices, "output_dir": output_dir, "use_sample": use_sample, "seed": seed,
         "verbose": verbose, "pretrained_model.ckpt_path": model, "train.iterations": iterations,
-        "resume": resume or None,
+        "resume": resume or None, "distributed": "ddp" if ddp else None,
     }
     overrides = collect_overrides(flags, set_)
     cfg, origin = load_train_config(config, overrides)
@@ -57,6 +69,15 @@ def train(
         from .common import print_config_table
 
         print_config_table(cfg, origin)
+        return
+    from ..scale.launch import needs_scale_out, train_scaled
+    from ..scale.sweep import SweepSpec
+
+    spec = SweepSpec(sweep, sweep_template, sweep_names)
+    if needs_scale_out(cfg, spec):  # a sweep, --ddp, or one of torchrun's processes
+        code = train_scaled(cfg, spec, quiet=quiet)
+        if code:
+            raise typer.Exit(code)
         return
     from ..training.run import run_training
 

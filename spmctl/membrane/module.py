@@ -89,7 +89,6 @@ class MembraneModule(nn.Module):
         self.register_buffer(
             "scale", torch.full((num_membranes,), alpha / rank, device=weight.device), persistent=False
         )
-        self.merged_weight: torch.Tensor | None = None  # set only inside MembraneNetwork.merged()
 
     def __getattr__(self, name: str) -> Any:
         # Code that reads `layer.weight`, `layer.in_features`, ... keeps working through the wrapper.
@@ -105,22 +104,17 @@ class MembraneModule(nn.Module):
         return isinstance(self.base, nn.Conv2d)
 
     @torch.no_grad()
-    def merge(self, gates: torch.Tensor) -> None:
-        """Fold Σ_k gates[k]·scale_k·up_k·down_k into a copy of the base weight (see merged())."""
+    def merged_weight(self, gates: torch.Tensor) -> torch.Tensor:
+        """The base weight with Σ_k gates[k]·scale_k·up_k·down_k folded in (a new tensor)."""
         weight = self.base.weight
         k, r = self.lora_down.shape[:2]
         coef = (gates.to(self.scale.device) * self.scale).repeat_interleave(r)  # (K*r,)
         up = self.lora_up.permute(0, 2, 1).reshape(k * r, -1)  # (K*r, C_out)
         down = self.lora_down.reshape(k * r, -1)  # (K*r, C_in*kh*kw)
         delta = (up * coef[:, None]).t().float() @ down.float()
-        self.merged_weight = (weight.float() + delta.view(weight.shape)).to(weight.dtype)
+        return (weight.float() + delta.view(weight.shape)).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.merged_weight is not None:
-            base = self.base
-            if isinstance(base, nn.Conv2d):
-                return base._conv_forward(x, self.merged_weight, base.bias)
-            return F.linear(x, self.merged_weight, base.bias)
         out = self.base(x, *args, **kwargs)  # exactly the call the UNet made before
         if not self._state.active or x.dim() < 2:
             return out

@@ -162,27 +162,34 @@ class MembraneNetwork:
     @contextlib.contextmanager
     def merged(self, gates: GateSpec = 1.0) -> Iterator[MembraneNetwork]:
         """The same gates for every sample and no gradient (e.g. the partial denoising of training):
-        each layer runs once with W + Σ_k g_k·scale_k·up_k·down_k as its weight, instead of the
-        base layer plus the membrane op. The merged weights are temporary copies (the base weights
-        are never modified, so nothing drifts); where they would take more memory than
-        `SPMCTL_MERGE_BUDGET_MB` (default 512), this falls back to `gated(gates)`.
+        every adapted layer is put back in the UNet for the duration, holding a temporary weight
+        W + Σ_k g_k·scale_k·up_k·down_k, so the UNet runs at its plain speed. The original weight
+        tensors are put back afterwards (never modified, so nothing drifts). Where the merged copies
+        would take more memory than `SPMCTL_MERGE_BUDGET_MB` (default 512), or a gradient is being
+        recorded, this is `gated(gates)`.
         """
         g = self._gates_tensor(gates)
         if g.shape[0] != 1:
             raise SpmctlError("merged(): needs one gate per membrane, the same for every sample")
         budget = float(os.environ.get("SPMCTL_MERGE_BUDGET_MB", "512")) * 2**20
         need = sum(m.base.weight.numel() * m.base.weight.element_size() for m in self._modules.values())
-        if need > budget or torch.is_grad_enabled():
+        if need > budget or torch.is_grad_enabled() or not self.attached:
             with self.gated(gates):
                 yield self
             return
+        swapped: list[tuple[nn.Module, str, MembraneModule, nn.Parameter]] = []
         try:
-            for m in self._modules.values():
-                m.merge(g[0])
+            for path, wrapper in self._modules.items():
+                parent, attr = self._placement[path]
+                base = wrapper.base
+                swapped.append((parent, attr, wrapper, base._parameters["weight"]))
+                base._parameters["weight"] = nn.Parameter(wrapper.merged_weight(g[0]), requires_grad=False)
+                setattr(parent, attr, base)
             yield self
         finally:
-            for m in self._modules.values():
-                m.merged_weight = None
+            for parent, attr, wrapper, weight in swapped:
+                wrapper.base._parameters["weight"] = weight
+                setattr(parent, attr, wrapper)
 
     # ------------------------------------------------------------------ weights (kohya layout)
     def _check_k(self, k: int) -> None:

@@ -13,8 +13,9 @@ from rich.console import Console
 from ..config.sample import SampleConfig
 from ..errors import SpmctlError
 from ..providers import PromptRow
+from ..scale.shard import SampleShard, for_this_rank
 from .generate import Generator, Job, build_pipeline
-from .output import ManifestWriter, differing_setting, file_names, read_manifest, save_png, write_grid
+from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
 from .stack import SPM, MembraneStack, load_spms
 
 
@@ -134,6 +135,7 @@ def run_sampling(
     from ..models.loading import load_sd_model
 
     console = console or Console(stderr=True, quiet=quiet)
+    cfg = for_this_rank(cfg)  # under torchrun: one GPU per process
     rows = load_rows(cfg)
     spms = load_spms(cfg.spms, cfg.concepts)
     if cfg.multiplier is not None and len(cfg.multiplier) not in (1, len(spms)):
@@ -171,13 +173,16 @@ def _sample(
     jobs = plan_jobs(rows, cfg)
     names = file_names(jobs)
     out_dir = Path(cfg.output_dir)
-    existing = read_manifest(out_dir)
+    # under torchrun each process makes its share (names are decided over the whole run first)
+    share = SampleShard.open(out_dir)
+    all_names, jobs, names = names, share.take(jobs), share.take(names)
+    existing = share.read_manifest()
     records = [
         _record(cfg, model, spms, job, name, gate_of[job.prompt])
         for job, name in zip(jobs, names, strict=True)
     ]
     todo = _pending(out_dir, records, existing, cfg.overwrite)
-    writer = ManifestWriter(out_dir, existing)
+    writer = share.writer(existing, names)
     pending = set(todo)
     for i, record in enumerate(records):  # an image on disk whose manifest line was lost: restore it
         if i not in pending and existing.get(record["file"]) is None:
@@ -190,8 +195,9 @@ def _sample(
         _generate_all(generate, stack, jobs, records, todo, writer, cfg.batch_size, console, quiet, len(rows))
     finally:
         writer.finish(names)
-    if cfg.grid:
-        grid = write_grid(out_dir, names)
+        share.close(all_names)  # rank 0 merges the processes' manifests
+    if cfg.grid and share.is_main:
+        grid = write_grid(out_dir, all_names)
         if grid is not None:
             console.print(f"grid: {grid}")
     console.print(f"{len(todo)} images written to {out_dir}")

@@ -83,14 +83,18 @@ class SPMObjective:
         self.vae_scale_factor = vae_scale_factor
         down = 2 ** (len(unet.config.block_out_channels) - 1)
         self.size_multiple = vae_scale_factor * down
+        self._param = next(unet.parameters())
+        # (rank, world size) under data-parallel training: this process's part of each batch
+        self.shard: tuple[int, int] | None = None
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self._param.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        # not unet.dtype: diffusers finds that by walking every module, each time it is asked
+        return self._param.dtype
 
     def _unet(self, latents: torch.Tensor, t: Any, embeds: torch.Tensor) -> torch.Tensor:
         return self.unet(latents, t, encoder_hidden_states=embeds.to(self.dtype)).sample
@@ -104,7 +108,8 @@ class SPMObjective:
         batch = latents.shape[0]
         embeds = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
         kwargs = _step_kwargs(sched, gen)
-        with self.network.gated(1.0):
+        # one gate for every sample and no gradient: the membrane can be folded into the weights
+        with self.network.merged(1.0):
             for t in sched.timesteps[:steps]:
                 model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
                 eps_u, eps_c = self._unet(model_in, t, embeds).chunk(2)
@@ -122,17 +127,20 @@ class SPMObjective:
         s = embeds.settings
         k = int(torch.randint(1, self.max_steps, (1,), generator=gen))
         height, width = random_resolution(s, gen, self.size_multiple)
-        latents = self.initial_latents(s.batch_size, height, width, gen)
+        with_la = s.action == "erase_with_la" and s.sampling_batch_size > 0
+        n_anchor = s.sampling_batch_size if with_la else 0
+        # the whole batch is drawn on every rank (the generator stays in step), then sliced
+        latent_idx, anchor_idx = self.shard_indices(s.batch_size, n_anchor)
+        latents = self.initial_latents(s.batch_size, height, width, gen)[latent_idx]
         x_t = self.denoise(latents, embeds.unconditional, embeds.target, k, gen)
 
         t = self.train_scheduler.timesteps[int(k * 1000 / self.max_steps)]
         x_in = self.train_scheduler.scale_model_input(x_t, t)
-        batch = s.batch_size
-        with_la = s.action == "erase_with_la" and s.sampling_batch_size > 0
-        anchors = sample_anchors(embeds.target, s.sampling_batch_size, gen) if with_la else None
-        n_anchor = s.sampling_batch_size if with_la else 0
-        # each anchor sees one of the batch's latents (sampling_batch_size is a multiple of batch_size)
-        x_anchor = x_in.repeat(n_anchor // batch, 1, 1, 1) if with_la else x_in[:0]
+        batch = len(latent_idx)
+        anchors = sample_anchors(embeds.target, n_anchor, gen)[anchor_idx] if with_la else None
+        # anchor j sees latent j % batch_size (sampling_batch_size is a multiple of batch_size)
+        position = {b: i for i, b in enumerate(latent_idx)}
+        x_anchor = x_in[[position[j % s.batch_size] for j in anchor_idx]] if with_la else x_in[:0]
 
         off_embeds = [embeds.positive.expand(batch, -1, -1), embeds.neutral.expand(batch, -1, -1)]
         on_embeds = [embeds.target.expand(batch, -1, -1)]
@@ -156,6 +164,17 @@ class SPMObjective:
             terms["anchor_loss"] = float(anchor.detach())
         terms["loss"] = float(total.detach())
         return total, terms
+
+    def shard_indices(self, batch: int, anchors: int) -> tuple[list[int], list[int]]:
+        """Which latents and anchors this rank computes: every world-th one from its rank on (strided,
+        so with world | batch each anchor's latent is on the same rank), or all of a part that
+        does not split evenly (each rank then computes it whole; averaging identical gradients
+        leaves them unchanged). Equal slices make the mean of the ranks' losses the full batch's."""
+        rank, world = self.shard or (0, 1)
+        split_latents = batch % world == 0
+        latent_idx = list(range(rank, batch, world)) if split_latents else list(range(batch))
+        anchor_idx = list(range(rank, anchors, world)) if anchors % world == 0 else list(range(anchors))
+        return latent_idx, anchor_idx
 
     @torch.no_grad()
     def evaluate(self, embeds: Embeds, seed: int = 1234, draws: int = 8) -> dict[str, float]:

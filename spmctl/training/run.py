@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -22,6 +22,9 @@ from .checkpoint import atomic_write, load_state, save_state, state_path, write_
 from .objective import Embeds, SPMObjective
 from .optim import build_lr_scheduler, build_optimizer
 from .prompts import concept_names, resolve_prompt_settings
+
+if TYPE_CHECKING:
+    from ..scale.ddp import DataParallel
 
 
 def slug(text: str) -> str:
@@ -37,7 +40,8 @@ def pick_device(devices: str, warn: Any) -> str:
         return "cpu"
     if len(listed) > 1:
         warn(f"devices {devices!r}: one membrane trains on one device; using cuda:{listed[0]}. "
-             "To use every device, train several concepts at once (one per device) or launch with torchrun.")
+             "To use every device, pass --ddp (this membrane data-parallel over all of them) or "
+             "--sweep (one concept per device).")
     return f"cuda:{listed[0]}"
 
 
@@ -81,12 +85,17 @@ def _embeds(model: Any, settings: list[Any], clip_skip: int) -> list[Embeds]:
     return out
 
 
-def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False) -> Path:
-    """Train; returns the path of `<name>_last.safetensors`."""
+def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
+                 ddp: DataParallel | None = None) -> Path:
+    """Train; returns the path of `<name>_last.safetensors`.
+
+    `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes."""
     from ..membrane import MembraneNetwork, save_membrane
     from ..models.loading import load_sd_model, make_scheduler
 
-    console = console or Console(stderr=True, quiet=quiet)
+    main = ddp is None or ddp.is_main
+    quiet = quiet or not main
+    console = console if console is not None and main else Console(stderr=True, quiet=quiet)
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
@@ -100,13 +109,22 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_file = state_path(out_dir, name)
-    if resume_file.exists() and not cfg.resume:
-        raise SpmctlError(f"{out_dir}: holds a run of {name!r} already; pass --resume to continue it, "
-                          "or choose another output_dir")
+
+    def read_resume_state() -> dict[str, Any] | None:
+        if resume_file.exists() and not cfg.resume:
+            raise SpmctlError(f"{out_dir}: holds a run of {name!r} already; pass --resume to continue it, "
+                              "or choose another output_dir")
+        return load_state(resume_file) if cfg.resume and resume_file.exists() else None
+
+    # DDP: rank 0 reads it and every rank gets the same state (other nodes may not see rank 0's disk)
+    state = ddp.from_main(read_resume_state) if ddp is not None else read_resume_state()
+    if ddp is not None and main and (note := ddp.batch_note(settings)):
+        warn(note)
 
     torch.manual_seed(cfg.seed)
     model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
-                          v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision, device=device)
+                          v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision, device=device,
+                          config=cfg.pretrained_model.config)
     if cfg.other.use_xformers:
         _enable_xformers(model.unet, warn)
     network = MembraneNetwork(model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha, num_membranes=1)
@@ -120,10 +138,12 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
         lambda: make_scheduler(cfg.train.noise_scheduler, model.scheduler_config, cfg.pretrained_model.v_pred),
         cfg.train.max_denoising_steps, model.vae_scale_factor)
     embeds = _embeds(model, settings, cfg.pretrained_model.clip_skip)
+    if ddp is not None:  # identical start on every rank; each computes its slice of every batch
+        ddp.broadcast_(params)
+        objective.shard = ddp.shard
 
     start = 0
-    if cfg.resume and resume_file.exists():
-        state = load_state(resume_file)
+    if state is not None:
         network.load_state_dict_for(0, state["membrane"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -134,16 +154,21 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     elif cfg.resume:
         warn(f"--resume: no saved state in {out_dir}; starting from step 0")
 
-    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    logger = _Logger(out_dir / "log.jsonl", cfg, warn, resume=start > 0)
+    if main:
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    logger = _Logger(out_dir / "log.jsonl", cfg, warn, resume=start > 0) if main else _null_logger()
     meta = {"rank": cfg.network.rank, "alpha": cfg.network.alpha, "concepts": concepts}
 
     def save_membrane_file(path: Path) -> None:
+        if not main:
+            return
         save_membrane(path, network.state_dict_for(0), prompts=concepts, rank=cfg.network.rank,
                       alpha=cfg.network.alpha, dtype=_dtype(cfg.save.precision),
                       extra_metadata={"spmctl_base_model": model.source})
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         save_state(resume_file, step=step, membrane=network.state_dict_for(0), optimizer=optimizer,
                    lr_scheduler=lr_scheduler, generator=gen, extra=meta)
 
@@ -158,11 +183,15 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
             setting = embeds[int(torch.randint(len(embeds), (1,), generator=gen))]
             optimizer.zero_grad(set_to_none=True)
             loss, terms = objective.loss(setting, gen)
-            if not torch.isfinite(loss):  # before the update, so the saved membrane is still good
+            finite = ddp.all_finite(loss) if ddp is not None else bool(torch.isfinite(loss))
+            if not finite:  # before the update, so the saved membrane is still good
                 checkpoint(step)
                 raise SpmctlError(f"loss became {float(loss)} at step {step + 1}; stopped before updating "
                                   "(lower train.lr or prompt.la_strength); state saved, --resume continues")
             loss.backward()
+            if ddp is not None:  # every rank steps with the whole batch's gradient
+                terms, stop_any = ddp.average(params, terms, stop.requested)
+                stop.requested = stop.requested or stop_any
             if cfg.train.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
             optimizer.step()
@@ -186,13 +215,21 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     save_membrane_file(last)
     checkpoint(step)
     logger.close()
-    summary = {"name": name, "concepts": concepts, "iterations": step, "seconds": elapsed,
-               "seconds_per_iteration": elapsed / max(1, step - start), "device": device,
-               "peak_memory_bytes": _peak_memory(device), "adapter_bytes": last.stat().st_size}
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
-    console.print(f"saved {last}")
-    print(str(last))
+    if main:  # under DDP only rank 0 wrote `last`
+        summary = {"name": name, "concepts": concepts, "iterations": step, "seconds": elapsed,
+                   "seconds_per_iteration": elapsed / max(1, step - start), "device": device,
+                   "peak_memory_bytes": _peak_memory(device), "adapter_bytes": last.stat().st_size,
+                   "processes": ddp.world_size if ddp is not None else 1}
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+        console.print(f"saved {last}")
+        print(str(last))
     return last
+
+
+def _null_logger() -> Any:
+    from ..scale.ddp import NullLogger
+
+    return NullLogger()
 
 
 class _StopRequest:

@@ -1,0 +1,1 @@
+"""Scaling out: concept sweeps, several devices and machines (torchrun)."""
