@@ -82,6 +82,7 @@ class MembraneModule(nn.Module):
             in_shape = (base.in_features,)
             out_features = base.out_features
             self.pointwise = True
+        self._is_conv = isinstance(base, nn.Conv2d)
         self.lora_down = nn.Parameter(torch.empty(num_membranes, rank, *in_shape, device=weight.device))
         self.lora_up = nn.Parameter(torch.zeros(num_membranes, out_features, rank, device=weight.device))
         for k in range(num_membranes):
@@ -101,7 +102,7 @@ class MembraneModule(nn.Module):
 
     @property
     def is_conv(self) -> bool:
-        return isinstance(self.base, nn.Conv2d)
+        return self._is_conv
 
     @torch.no_grad()
     def merged_weight(self, gates: torch.Tensor) -> torch.Tensor:
@@ -109,9 +110,11 @@ class MembraneModule(nn.Module):
         weight = self.base.weight
         k, r = self.lora_down.shape[:2]
         coef = (gates.to(self.scale.device) * self.scale).repeat_interleave(r)  # (K*r,)
-        up = self.lora_up.permute(0, 2, 1).reshape(k * r, -1)  # (K*r, C_out)
+        up = self.lora_up.permute(1, 0, 2).reshape(-1, k * r) * coef  # (C_out, K*r), gated
         down = self.lora_down.reshape(k * r, -1)  # (K*r, C_in*kh*kw)
-        delta = (up * coef[:, None]).t().float() @ down.float()
+        if weight.dtype == torch.float32:  # one fused W + up @ down
+            return torch.addmm(weight.reshape(weight.shape[0], -1), up, down).view(weight.shape)
+        delta = up.float() @ down.float()
         return (weight.float() + delta.view(weight.shape)).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -121,13 +124,16 @@ class MembraneModule(nn.Module):
         gate = self._state.for_batch(x.shape[0], x.device)
         if x.dtype != out.dtype:  # autocast: the base ran in a lower precision
             x = x.to(out.dtype)
-        if self.pointwise and (not self.is_conv or x.dim() == 4):
-            k, r = self.lora_down.shape[:2]
-            down = self.lora_down.view(k, r, -1)  # (K, r, C_in) also for 1x1 conv kernels
-            if torch.is_grad_enabled() and (x.requires_grad or self.lora_up.requires_grad):
-                return membrane(x, out, down, self.lora_up, gate, self.scale, self.is_conv)
+        conv = self._is_conv
+        if self.pointwise and (not conv or x.dim() == 4):
+            down = self.lora_down
+            if conv:  # (K, r, C_in, 1, 1) -> (K, r, C_in)
+                down = down.view(down.shape[0], down.shape[1], -1)
+            up = self.lora_up
+            if torch.is_grad_enabled() and (x.requires_grad or up.requires_grad):
+                return membrane(x, out, down, up, gate, self.scale, conv)
             # no gradient wanted (denoising, sampling): add into the base layer's fresh output
-            return membrane_(out, x, down, self.lora_up, gate, self.scale, self.is_conv)
+            return membrane_(out, x, down, up, gate, self.scale, conv)
         return out + self._conv_delta(x, gate).to(out.dtype)
 
     def _conv_delta(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
