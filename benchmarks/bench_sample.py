@@ -152,7 +152,10 @@ def main() -> None:
             generate(batch)
 
     def spmctl_ft() -> None:
-        gates = ft_gates(model.tokenizer, model.text_encoder, prompts, [s.concepts for s in spms])
+        # as `spmctl sample` does: the prompts' embeddings serve both the gates and generation
+        embeds = generate.embeds(prompts)
+        gates = ft_gates(model.tokenizer, model.text_encoder, prompts, [s.concepts for s in spms],
+                         prompt_embeds=embeds)
         for batch in batches:
             stack.set_gates(gates[[j.row for j in batch]])
             generate(batch)

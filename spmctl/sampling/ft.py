@@ -76,13 +76,22 @@ def concept_scores(
     prompts: Sequence[str],
     bank: ConceptBank,
     metric: str = "clipcos_tokenuni",
+    prompt_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(P, C) matching score of every prompt against every concept."""
+    """(P, C) matching score of every prompt against every concept.
+
+    `prompt_embeds` (P, 77, d): the prompts' last hidden states when the caller has them already
+    (the sampler encodes prompts for generation anyway), so they are not encoded twice."""
     if metric not in METRICS:
         raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(METRICS)}")
     if not bank.owners:
         return torch.zeros(len(prompts), 0)
-    embeds, ids = _encode(tokenizer, text_encoder, list(prompts))
+    if prompt_embeds is None:
+        embeds, ids = _encode(tokenizer, text_encoder, list(prompts))
+    else:
+        embeds = prompt_embeds.float().flatten(1).cpu()
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True).input_ids
     special = special_token_ids(tokenizer)
     scores = []
     if "clipcos" in metric:
@@ -120,7 +129,9 @@ def ft_gates(
     metric: str = "clipcos_tokenuni",
     factor: float = 1.0,
     clip: bool = True,
+    prompt_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(P, K) FT gates of `prompts` for K membranes whose concepts are `concepts[k]`."""
     bank = concept_bank(tokenizer, text_encoder, concepts)
-    return membrane_gates(concept_scores(tokenizer, text_encoder, prompts, bank, metric), bank, factor, clip)
+    scores = concept_scores(tokenizer, text_encoder, prompts, bank, metric, prompt_embeds)
+    return membrane_gates(scores, bank, factor, clip)

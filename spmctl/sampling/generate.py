@@ -79,6 +79,11 @@ class Generator:
 
         return encode_prompts(self.model.tokenizer, self.model.text_encoder, prompts, self.clip_skip)
 
+    def prime(self, prompts: Sequence[str], embeds: torch.Tensor) -> None:
+        """Take prompt embeddings computed elsewhere (for FT gates), so they are not encoded again."""
+        for p, e in zip(prompts, embeds, strict=True):
+            self._cache[p] = e
+
     def embeds(self, prompts: Sequence[str]) -> torch.Tensor:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:

@@ -68,18 +68,31 @@ def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
     return jobs
 
 
-def compute_gates(cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[str]) -> torch.Tensor:
-    """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport."""
+# Prompt embeddings kept from the FT scoring for generation: up to this many bytes (I2P's 4,703
+# prompts would take over 1 GB at SD 1.x's 77 x 768; those are simply encoded again).
+_KEEP_EMBEDS_BYTES = 256 * 2**20
+
+
+def compute_gates(
+    cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport; and the
+    prompts' embeddings when FT computed them in the form generation uses (clip_skip 1), else None."""
     if not spms:
-        return torch.zeros(len(prompts), 0)
+        return torch.zeros(len(prompts), 0), None
     if cfg.multiplier is not None:
         values = cfg.multiplier * len(spms) if len(cfg.multiplier) == 1 else cfg.multiplier
-        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone()
+        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone(), None
+    from ..models.text import encode_prompts
     from .ft import ft_gates
 
+    embeds = None
+    size = len(prompts) * 77 * model.text_encoder.config.hidden_size * 4
+    if cfg.clip_skip <= 1 and size <= _KEEP_EMBEDS_BYTES:
+        embeds = encode_prompts(model.tokenizer, model.text_encoder, prompts)
     # the original neither clips nor scales: reproduce it exactly in compat mode
     original = cfg.ft_compat == "original"
-    return ft_gates(
+    gates = ft_gates(
         model.tokenizer,
         model.text_encoder,
         prompts,
@@ -87,7 +100,9 @@ def compute_gates(cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[
         metric=cfg.ft_metric,
         factor=1.0 if original else cfg.facilitate_factor,
         clip=not original,
+        prompt_embeds=embeds,
     )
+    return gates, embeds
 
 
 def print_gates(prompts: list[str], spms: list[SPM], gates: torch.Tensor) -> None:
@@ -165,7 +180,7 @@ def _sample(
     show_gates: bool,
 ) -> Path:
     prompts = list(dict.fromkeys(r.prompt for r in rows))
-    gates = compute_gates(cfg, model, spms, prompts)
+    gates, prompt_embeds = compute_gates(cfg, model, spms, prompts)
     if show_gates:
         print_gates(prompts, spms, gates)
         return Path(cfg.output_dir)
@@ -192,6 +207,8 @@ def _sample(
     try:
         pipe = build_pipeline(model, cfg.noise_scheduler, cfg.v_pred)
         generate = Generator(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
+        if prompt_embeds is not None:
+            generate.prime(prompts, prompt_embeds)
         _generate_all(generate, stack, jobs, records, todo, writer, cfg.batch_size, console, quiet, len(rows))
     finally:
         writer.finish(names)
