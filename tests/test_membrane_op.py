@@ -126,10 +126,12 @@ def test_torch_compile_traces_the_op(fused):
 def test_extension_sources_for_setup_py():
     spec = extension_sources(with_cuda=True, prebuilt=True)
     names = [Path(s).name for s in spec["sources"]]
-    assert names == ["membrane_op.cpp", "membrane_cuda.cpp", "membrane_kernels.cu", "pymodule.cpp"]
+    assert names == ["membrane_op.cpp", "membrane_autograd.cpp", "membrane_cuda.cpp", "membrane_kernels.cu",
+                     "pymodule.cpp"]
     assert all(Path(s).is_file() for s in spec["sources"])
     rel = extension_sources(with_cuda=False, root=csrc_dir().parent)
-    assert rel["sources"] == [os.path.join("csrc", "membrane_op.cpp")] and not rel["with_cuda"]
+    assert rel["sources"] == [os.path.join("csrc", "membrane_op.cpp"), os.path.join("csrc", "membrane_autograd.cpp")]
+    assert not rel["with_cuda"]
     assert "-march=native" not in spec["extra_compile_args"]["cxx"]  # prebuilt wheels stay portable
 
 

@@ -34,7 +34,7 @@ def _op_registered() -> bool:
 
 
 def _register_python_parts() -> None:
-    """Fake (meta) kernels and autograd for the C++ op, so it composes with autograd/torch.compile."""
+    """Fake (meta) kernels for the C++ ops, so they trace under torch.compile."""
 
     def out_format(x: torch.Tensor, conv: bool) -> torch.memory_format:
         # Same rule as membrane_channels_last() in csrc/membrane_common.h.
@@ -63,26 +63,8 @@ def _register_python_parts() -> None:
             torch.empty(up.shape, dtype=up.dtype, device=up.device),
         )
 
-    def setup_context(ctx, inputs, output):
-        x, _base, down, up, gate, scale, *rest = inputs
-        ctx.conv = bool(rest[0]) if rest else False
-        ctx.save_for_backward(x, down, up, gate, scale)
-
-    def backward(ctx, grad):
-        x, down, up, gate, scale = ctx.saved_tensors
-        gx, gd, gu = torch.ops.spmctl.membrane_bwd(grad, x, down, up, gate, scale, ctx.conv)
-        need = ctx.needs_input_grad
-        return (
-            gx if need[0] else None,
-            grad if need[1] else None,
-            gd if need[2] else None,
-            gu if need[3] else None,
-            None,
-            None,
-            None,
-        )
-
-    torch.library.register_autograd("spmctl::membrane_fwd", backward, setup_context=setup_context)
+    # Autograd is registered in C++ (csrc/membrane_autograd.cpp): a Python formula cost more per call
+    # than the kernels at the membrane's sizes.
 
     @torch.library.register_fake("spmctl::membrane_fwd_")
     def _fwd_inplace_fake(out, x, down, up, gate, scale, conv=False):
