@@ -8,7 +8,6 @@ A plugin that fails to import is reported by name (a warning on stderr and in
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -132,10 +131,3 @@ def get_dataset(name: str) -> Any:
 
 def get_template(name: str) -> Any:
     return _lookup("template", name, get_templates())
-
-
-def register_builtin_module(name: str) -> None:
-    """Register a module by import path (used by tests for inline plugins)."""
-    module = importlib.import_module(name)
-    if pm.get_plugin(name) is None:
-        pm.register(module, name=name)
