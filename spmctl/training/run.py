@@ -104,6 +104,10 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     concepts = concept_names(settings)
     if cfg.train.text_encoder_lr is not None and cfg.verbose:
         console.print("train.text_encoder_lr is unused: the text encoder has no membrane")
+    if any(cfg.train.batch_size != s.batch_size for s in settings):
+        # as in the original code, each prompt setting's batch_size is what a step draws
+        warn(f"train.batch_size = {cfg.train.batch_size} is not used: prompt.batch_size "
+             f"({', '.join(str(s.batch_size) for s in settings)}) sets the batch of each step")
     device = pick_device(cfg.devices, warn)
     name = cfg.save.name or slug("_".join(concepts))
     out_dir = Path(cfg.output_dir)
