@@ -66,9 +66,12 @@ def file_names(jobs: Iterable[Job]) -> list[str]:
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """file name -> its last complete record."""
     path = folder / MANIFEST
+    return read_records(path) if path.is_file() else {}
+
+
+def read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """A JSON-lines manifest (or one process's part of it): file name -> its last complete record."""
     records: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return records
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)

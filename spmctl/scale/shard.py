@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..sampling.output import MANIFEST, ManifestWriter, read_manifest
+from ..sampling.output import MANIFEST, ManifestWriter, read_manifest, read_records
 from ..training.checkpoint import write_text_atomic
 from . import dist as scale_dist
 
@@ -32,18 +32,6 @@ def for_this_rank(cfg: Any) -> Any:
     if env.distributed and cfg.device in ("auto", "cuda") and scale_dist.is_cuda("0"):
         return cfg.model_copy(update={"device": f"cuda:{env.local_rank}"})
     return cfg
-
-
-def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a kill
-            continue
-        if isinstance(record, dict) and "file" in record:
-            records[record["file"]] = record
-    return records
 
 
 def _part_rank(path: Path) -> int:
@@ -75,7 +63,7 @@ class SampleShard:
         """`manifest.jsonl` and every part left behind (parts are newer: they win)."""
         records = read_manifest(self.folder)
         for part in sorted(self.folder.glob(PART_GLOB)):
-            records.update(_read_jsonl(part))
+            records.update(read_records(part))
         return records
 
     def writer(self, existing: dict[str, dict[str, Any]], names: list[str]) -> Any:
@@ -97,7 +85,7 @@ class SampleShard:
                 # with more processes left behind
                 records = read_manifest(self.folder)
                 for part in sorted(parts, key=lambda p: (_part_rank(p) < self.env.world_size, _part_rank(p))):
-                    records.update(_read_jsonl(part))
+                    records.update(read_records(part))
                 known = set(all_names)
                 order = [n for n in records if n not in known] + [n for n in all_names if n in records]
                 write_text_atomic(self.folder / MANIFEST, "".join(json.dumps(records[n]) + "\n" for n in order))
