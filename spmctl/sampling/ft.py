@@ -86,20 +86,35 @@ def concept_scores(
         raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(METRICS)}")
     if not bank.owners:
         return torch.zeros(len(prompts), 0)
-    if prompt_embeds is None:
-        embeds, ids = _encode(tokenizer, text_encoder, list(prompts))
-    else:
-        embeds = prompt_embeds.float().flatten(1).cpu()
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True).input_ids
+    if prompt_embeds is not None:
+        return _scores(prompt_embeds.float().flatten(1).cpu(),
+                       tokenize_ids(tokenizer, list(prompts)), bank, metric, special_token_ids(tokenizer))
+    # In chunks: 4,703 I2P prompts at once would hold over 1 GB of embeddings (77 x 768 floats each).
+    prompts = list(prompts)
     special = special_token_ids(tokenizer)
+    parts = []
+    for start in range(0, len(prompts), _SCORE_CHUNK):
+        embeds, ids = _encode(tokenizer, text_encoder, prompts[start : start + _SCORE_CHUNK])
+        parts.append(_scores(embeds, ids, bank, metric, special))
+    return torch.cat(parts)
+
+
+_SCORE_CHUNK = 256
+
+
+def tokenize_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+
+
+def _scores(embeds: torch.Tensor, ids: list, bank: ConceptBank, metric: str, special: set[int]) -> torch.Tensor:
+    """(P, C) scores of flattened prompt embeddings and their token ids against the bank."""
     scores = []
     if "clipcos" in metric:
         a = torch.nn.functional.normalize(embeds, dim=1)
         b = torch.nn.functional.normalize(bank.embeds, dim=1)
         scores.append(a @ b.T)
     if "tokenuni" in metric:
-        uni = torch.zeros(len(prompts), len(bank.tokens))
+        uni = torch.zeros(len(ids), len(bank.tokens))
         for i, row in enumerate(ids):
             have = set(row) - special
             for j, want in enumerate(bank.tokens):
