@@ -123,7 +123,8 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, consol
         entry = record(name, entry, status="running", attempts=int(entry.get("attempts", 0)) + 1,
                        started_at=_now(), error=None, finished_at=None)
         try:
-            path = run_training(concept_cfg, console=console, quiet=quiet, ddp=ddp)
+            path = run_training(concept_cfg, console=console, quiet=quiet, ddp=ddp,
+                                resume_hint="run the same command again to continue the sweep")
         except Exception as exc:  # one concept's failure must not stop the others
             message = scale_dist.one_line(exc)
             record(name, entry, status="failed", error=message, finished_at=_now(),

@@ -86,10 +86,11 @@ def _embeds(model: Any, settings: list[Any], clip_skip: int) -> list[Embeds]:
 
 
 def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
-                 ddp: DataParallel | None = None) -> Path:
+                 ddp: DataParallel | None = None, resume_hint: str = "continue with --resume") -> Path:
     """Train; returns the path of `<name>_last.safetensors`.
 
-    `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes."""
+    `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes.
+    `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
     from ..membrane import MembraneNetwork, save_membrane
     from ..models.loading import load_sd_model, make_scheduler
 
@@ -209,7 +210,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
                 save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
                 logger.close()
                 progress.stop()
-                print(f"interrupted at step {step}: saved; continue with --resume", file=sys.stderr)
+                print(f"interrupted at step {step}: saved; {resume_hint}", file=sys.stderr)
                 raise SystemExit(130)
             if step % cfg.save.per_steps == 0 and step < cfg.train.iterations:
                 save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
