@@ -27,6 +27,41 @@ def run_spmctl(*args: str, env: dict[str, str] | None = None, cwd: str | Path | 
                           timeout=timeout)
 
 
+# A training config for the tiny model that runs in seconds; tests override what they exercise.
+TINY_TRAIN = {
+    "pretrained_model": {"ckpt_path": "tiny"},
+    "train": {"iterations": 40, "lr": 3e-3, "optimizer_type": "AdamW", "lr_scheduler": "constant",
+              "lr_warmup_steps": 0, "max_denoising_steps": 10},
+    "save": {"per_steps": 1000},
+    "template": "concept", "template_name": "cat",
+    "prompt": {"action": "erase_with_la", "resolution": 64, "dynamic_resolution": False,
+               # the paper's 1000 suits SD's structured text space; the tiny random model needs less
+               "la_strength": 10, "sampling_batch_size": 2},
+    "devices": "cpu", "seed": 0,
+}
+
+
+def write_train_config(path: Path, base: dict | None = None, **overrides) -> Path:
+    """`base` (default TINY_TRAIN) with overrides: `section__key=value`, a dict merged into its
+    section, or a plain top-level value."""
+    import json
+
+    import yaml
+
+    cfg = json.loads(json.dumps(base or TINY_TRAIN))
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = {**node[leaf], **value}
+        else:
+            node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """In-process torch too (it may have been imported before OMP_NUM_THREADS was read)."""

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import SPMCTL, run_spmctl
+from conftest import SPMCTL, TINY_TRAIN, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
 from spmctl.errors import ConfigError
@@ -27,27 +26,11 @@ from spmctl.scale import dist as scale_dist
 from spmctl.scale.manifest import SWEEP, SweepManifest, part_path, read_entries
 from spmctl.scale.sweep import SweepSpec, sweep_concepts
 
-CONFIG = {
-    "pretrained_model": {"ckpt_path": "tiny"},
-    "train": {"iterations": 6, "lr": 3e-3, "optimizer_type": "AdamW", "lr_scheduler": "constant",
-              "lr_warmup_steps": 0, "max_denoising_steps": 4},
-    "save": {"per_steps": 1000},
-    "template": "concept", "template_name": "cat",
-    "prompt": {"action": "erase_with_la", "resolution": 64, "dynamic_resolution": False,
-               "la_strength": 10, "sampling_batch_size": 2},
-    "devices": "cpu", "seed": 0,
-}
+CONFIG = {**TINY_TRAIN, "train": {**TINY_TRAIN["train"], "iterations": 6, "max_denoising_steps": 4}}
 
 
 def write_config(path: Path, **sections) -> Path:
-    cfg = json.loads(json.dumps(CONFIG))
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            cfg[key] = {**cfg.get(key, {}), **value}
-        else:
-            cfg[key] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_train_config(path, CONFIG, **sections)
 
 
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SPMCTL, TESTS, run_spmctl
+from conftest import SPMCTL, TESTS, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
 from spmctl.errors import SpmctlError
@@ -21,29 +21,7 @@ from spmctl.training.objective import SPMObjective
 from spmctl.training.prompts import resolve_prompt_settings
 from spmctl.training.run import _embeds, run_training
 
-BASE = {
-    "pretrained_model": {"ckpt_path": "tiny"},
-    "train": {"iterations": 40, "lr": 3e-3, "optimizer_type": "AdamW", "lr_scheduler": "constant",
-              "lr_warmup_steps": 0, "max_denoising_steps": 10},
-    "save": {"per_steps": 1000},
-    "template": "concept", "template_name": "cat",
-    "prompt": {"action": "erase_with_la", "resolution": 64, "dynamic_resolution": False,
-               # the paper's 1000 suits SD's structured text space; the tiny random model needs less
-               "la_strength": 10, "sampling_batch_size": 2},
-    "devices": "cpu", "seed": 0,
-}
-
-
-def write_config(path: Path, **overrides) -> Path:
-    cfg = json.loads(json.dumps(BASE))
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+write_config = write_train_config
 
 
 def objective_terms(cfg_path: Path, membrane: Path | None) -> dict[str, float]:

@@ -90,11 +90,16 @@ def differing_setting(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 class ManifestWriter:
-    def __init__(self, folder: Path, existing: dict[str, dict[str, Any]]) -> None:
+    """Appends a record per image (flushed, so an interruption loses at most a torn line) and
+    rewrites the manifest in run order at the end. `path`: another file than the folder's manifest
+    (one process's part under torchrun)."""
+
+    def __init__(self, folder: Path, existing: dict[str, dict[str, Any]], path: Path | None = None) -> None:
         self.folder = folder
+        self.path = path or folder / MANIFEST
         self.records = dict(existing)
         folder.mkdir(parents=True, exist_ok=True)
-        self._handle = (folder / MANIFEST).open("a", encoding="utf-8")
+        self._handle = self.path.open("a", encoding="utf-8")
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["file"]] = record
@@ -105,7 +110,7 @@ class ManifestWriter:
         self._handle.close()
         keep = [self.records[name] for name in order if name in self.records]
         others = [r for name, r in self.records.items() if name not in set(order)]  # earlier runs' images
-        write_text_atomic(self.folder / MANIFEST, "".join(json.dumps(r) + "\n" for r in others + keep))
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in others + keep))
 
 
 def to_pil(image: np.ndarray):

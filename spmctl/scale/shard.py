@@ -70,8 +70,8 @@ class SampleShard:
         """The manifest writer: the usual one alone, this rank's part when several processes run."""
         if not self.env.distributed:
             return ManifestWriter(self.folder, existing)
-        return _PartWriter(self.folder, part_path(self.folder, self.env.rank),
-                           {n: existing[n] for n in names if n in existing})
+        return _PartWriter(self.folder, {n: existing[n] for n in names if n in existing},
+                           part_path(self.folder, self.env.rank))
 
     def close(self, all_names: list[str]) -> None:
         """After every rank is done: rank 0 merges the parts into `manifest.jsonl`; parts go away."""
@@ -96,20 +96,8 @@ class SampleShard:
             scale_dist.shutdown()
 
 
-class _PartWriter:
-    """Same interface as ManifestWriter (folder, add, finish), writing only this rank's records."""
-
-    def __init__(self, folder: Path, path: Path, records: dict[str, dict[str, Any]]) -> None:
-        self.folder = folder
-        self.path = path
-        self.records = dict(records)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("a", encoding="utf-8")  # appended and flushed per image, like the manifest
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.records[record["file"]] = record
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+class _PartWriter(ManifestWriter):
+    """A ManifestWriter for this rank's part file, which keeps only this rank's records."""
 
     def finish(self, order: list[str]) -> None:
         self._handle.close()
