@@ -124,6 +124,9 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
                 raise ConfigError(f"config error: {env.world_size} processes but one concept: pass --ddp "
                                   "(distributed: ddp) to train it data-parallel, or --sweep for one concept each")
             run_training(cfg, console=console, quiet=quiet, ddp=ddp)
+            # rank 0 still writes the final files: tearing the group down under it made gloo abort
+            # the other rank now and then ("terminate called without an active exception")
+            scale_dist.barrier()
             return 0
         names, entries = run_sweep(cfg, spec, env, console, quiet, ddp)
         if report:
