@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "membrane_common.h"
+#include "membrane_f32.h"
 
 namespace spmctl {
 namespace {
@@ -323,6 +324,43 @@ void bwd_nchw(const scalar_t* gout, const scalar_t* x, scalar_t* gx, const at::o
 
 // ------------------------------------------------------------------------------------ glue
 
+// fp32 operands for the kernels of membrane_f32.h without a dispatcher call where the layout allows (the sampling
+// path calls this ~50 times per UNet step): D and (for r = 1) U are the parameters themselves, and
+// coef = gate * scale is a B*K loop.
+struct RowOperandsF32 {
+  at::Tensor D, U;  // keep copies alive when one was needed
+  std::vector<float> coef;
+};
+
+inline RowOperandsF32 row_operands_f32(const at::Tensor& down, const at::Tensor& up, const at::Tensor& gate,
+                                       const at::Tensor& scale, const Geometry& g) {
+  RowOperandsF32 o;
+  const auto f32 = at::kFloat;
+  o.D = down.scalar_type() == f32 && down.is_contiguous() ? down : down.to(f32).contiguous();
+  if (g.r == 1 && up.scalar_type() == f32 && up.is_contiguous()) {
+    o.U = up;  // (K, C_out, 1) is (J, C_out) in memory
+  } else {
+    o.U = up.to(f32).permute({0, 2, 1}).reshape({g.J, g.Cout}).contiguous();
+  }
+  const at::Tensor gt = gate.to(f32).contiguous(), sc = scale.to(f32).contiguous();
+  const float* gp = gt.const_data_ptr<float>();
+  const float* sp = sc.const_data_ptr<float>();
+  o.coef.resize(g.B * g.K);
+  for (int64_t b = 0; b < g.B; ++b) {
+    for (int64_t k = 0; k < g.K; ++k) o.coef[b * g.K + k] = gp[b * g.K + k] * sp[k];
+  }
+  return o;
+}
+
+// The fp32 kernels where they apply; false sends the caller to the general kernels.
+inline bool try_fwd_f32(const at::Tensor& x, const float* base, float* out, const at::Tensor& down,
+                        const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale, const Geometry& g) {
+  if (x.scalar_type() != at::kFloat || g.J > kMaxRowJ) return false;
+  const RowOperandsF32 op = row_operands_f32(down, up, gate, scale, g);
+  return fwd_f32_dispatch(x.const_data_ptr<float>(), base, out, op.D.const_data_ptr<float>(),
+                          op.U.const_data_ptr<float>(), op.coef.data(), g);
+}
+
 at::Tensor membrane_fwd_cpu(const at::Tensor& x_in, const at::Tensor& base_in, const at::Tensor& down,
                             const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale, bool conv) {
   const Geometry g = membrane_geometry(x_in, base_in, down, up, gate, scale, conv);
@@ -330,6 +368,10 @@ at::Tensor membrane_fwd_cpu(const at::Tensor& x_in, const at::Tensor& base_in, c
   const at::Tensor x = x_in.contiguous(fmt), base = base_in.contiguous(fmt);
   at::Tensor out = at::empty(base.sizes(), base.options().memory_format(fmt));
   if (out.numel() == 0) return out;
+  if (x.scalar_type() == at::kFloat &&
+      try_fwd_f32(x, base.const_data_ptr<float>(), out.mutable_data_ptr<float>(), down, up, gate, scale, g)) {
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Operands op = membrane_operands(down, up, gate, scale, c10::CppTypeToScalarType<acc_t>::value);
@@ -353,10 +395,14 @@ at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, co
   }
   if (out.numel() == 0) return out;
   const at::Tensor x = x_in.contiguous(fmt);
+  if (x.scalar_type() == at::kFloat) {
+    float* o = out.mutable_data_ptr<float>();
+    if (try_fwd_f32(x, o, o, down, up, gate, scale, g)) return out;
+  }
   if (!g.nchw && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
-    // Row layout in fp32/fp64: two BLAS calls (rows x J projections, then a rank-J update of `out`)
-    // beat the row loop when rows are short, where per-row loop overhead dominates. A gate-0 sample
-    // gets an exact zero update, so its rows stay bit for bit equal to base_out.
+    // Row layout in fp64 (or fp32 with a large J): two BLAS calls (rows x J projections, then a
+    // rank-J update of `out`) beat the generic row loop when rows are short. A gate-0 sample gets an
+    // exact zero update, so its rows stay bit for bit equal to base_out.
     const Operands op = membrane_operands(down, up, gate, scale, x.scalar_type());
     // rows x channels views: a channels-last (B, C, H, W) tensor is (B, H, W, C) in memory
     auto rows2d = [](const at::Tensor& t) {

@@ -241,6 +241,31 @@ def test_inplace_form_matches(fused, layout, dtype):
     assert torch.equal(got[0], base[0])  # gate-0 sample untouched
 
 
+@pytest.mark.parametrize("k,r", [(1, 1), (2, 1), (3, 1), (4, 1), (2, 2), (9, 2)], ids=lambda v: str(v))
+@pytest.mark.parametrize("layout", ["linear", "conv", "conv_cl"])
+def test_fp32_kernels_for_each_j(fused, layout, k, r):
+    """The fp32 kernels specialise on J = K*r (1-4, up to 16, beyond): every branch, in place and not,
+    with channel counts and positions that fill whole vectors (32, 8x8) and ones that don't."""
+    from spmctl.ops import membrane_
+
+    g = torch.Generator().manual_seed(k * 10 + r)
+    for cin, cout, hw in ((32, 256, (8, 8)), (37, 45, (5, 7))):
+        x = torch.randn(3, 16, cin, generator=g) if layout == "linear" else torch.randn(3, cin, *hw, generator=g)
+        base = torch.randn(*x.shape[:-1], cout) if layout == "linear" else torch.randn(3, cout, *hw)
+        if layout == "conv_cl":
+            x, base = (t.to(memory_format=torch.channels_last) for t in (x, base))
+        down, up = torch.randn(k, r, cin, generator=g) * 0.3, torch.randn(k, cout, r, generator=g) * 0.3
+        gate = torch.rand(3, k, generator=g)
+        gate[0] = 0.0
+        scale = torch.rand(k, generator=g) + 0.5
+        conv = layout != "linear"
+        expected = membrane_reference(x, base, down, up, gate, scale, conv)
+        torch.testing.assert_close(fused(x, base, down, up, gate, scale, conv), expected, atol=1e-4, rtol=1e-5)
+        got = membrane_(base.clone(), x, down, up, gate, scale, conv)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+        assert torch.equal(got[0], base[0])
+
+
 def test_two_threads_give_the_same_result(fused):
     """The CPU kernels split rows into per-thread chunks with fixed reduction order."""
     g = torch.Generator().manual_seed(5)

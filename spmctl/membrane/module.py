@@ -25,13 +25,18 @@ class GateState:
         self.gates = torch.ones(1, num_membranes)
         self.active = True
         self._cache: dict[tuple[torch.device, int], torch.Tensor] = {}
+        self._last: tuple[int, torch.device, torch.Tensor] | None = None
 
     def set(self, gates: torch.Tensor) -> None:
         self.gates = gates
         self.active = bool((gates != 0).any())
         self._cache = {}
+        self._last = None
 
     def for_batch(self, batch: int, device: torch.device) -> torch.Tensor:
+        last = self._last  # every layer of one UNet call asks for the same one
+        if last is not None and last[0] == batch and last[1] == device:
+            return last[2]
         key = (device, batch)
         cached = self._cache.get(key)
         if cached is None:
@@ -43,6 +48,7 @@ class GateState:
                 )
             cached = self.gates.to(device).expand(batch, self.num_membranes).contiguous()
             self._cache[key] = cached
+        self._last = (batch, device, cached)
         return cached
 
 
@@ -118,22 +124,26 @@ class MembraneModule(nn.Module):
         return (weight.float() + delta.view(weight.shape)).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.base(x, *args, **kwargs)  # exactly the call the UNet made before
-        if not self._state.active or x.dim() < 2:
+        # This runs ~50 times per UNet call, so it reads parameters from the module's dicts directly
+        # (each `self.lora_down` would go through __getattr__ below) and does no other lookups.
+        modules, params = self._modules, self._parameters
+        out = modules["base"](x, *args, **kwargs)  # exactly the call the UNet made before
+        state = self._state
+        if not state.active or x.dim() < 2:
             return out
-        gate = self._state.for_batch(x.shape[0], x.device)
+        gate = state.for_batch(x.shape[0], x.device)
         if x.dtype != out.dtype:  # autocast: the base ran in a lower precision
             x = x.to(out.dtype)
         conv = self._is_conv
         if self.pointwise and (not conv or x.dim() == 4):
-            down = self.lora_down
+            down, up = params["lora_down"], params["lora_up"]
             if conv:  # (K, r, C_in, 1, 1) -> (K, r, C_in)
                 down = down.view(down.shape[0], down.shape[1], -1)
-            up = self.lora_up
+            scale = self._buffers["scale"]
             if torch.is_grad_enabled() and (x.requires_grad or up.requires_grad):
-                return membrane(x, out, down, up, gate, self.scale, conv)
+                return membrane(x, out, down, up, gate, scale, conv)
             # no gradient wanted (denoising, sampling): add into the base layer's fresh output
-            return membrane_(out, x, down, up, gate, self.scale, conv)
+            return membrane_(out, x, down, up, gate, scale, conv)
         return out + self._conv_delta(x, gate).to(out.dtype)
 
     def _conv_delta(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

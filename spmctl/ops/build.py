@@ -21,7 +21,7 @@ from typing import Any
 
 CPU_SOURCES = ("membrane_op.cpp", "membrane_autograd.cpp")
 CUDA_SOURCES = ("membrane_cuda.cpp", "membrane_kernels.cu")
-HEADERS = ("membrane_common.h", "membrane_kernels.h")
+HEADERS = ("membrane_common.h", "membrane_kernels.h", "membrane_f32.h")
 PYMODULE_SOURCE = "pymodule.cpp"  # PyInit stub, only for the setup.py-built `spmctl._membrane_ext`
 PREBUILT_NAME = "spmctl._membrane_ext"
 

@@ -166,5 +166,5 @@ def membrane_(
     """
     backend = _backend if _backend is not None else load_fused()
     if backend == "fused" and x.device.type == "cpu" and out.dtype == x.dtype:
-        return torch.ops.spmctl.membrane_fwd_(out, x, down, up, gate, scale, conv)
+        return torch.ops.spmctl.membrane_fwd_.default(out, x, down, up, gate, scale, conv)
     return membrane(x, out, down, up, gate, scale, conv)
