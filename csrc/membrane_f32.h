@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "membrane_common.h"
 
@@ -41,9 +42,10 @@ inline float hsum8(vec8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v
 // A plain function taking sizes by value: inside a capturing lambda GCC reloaded them through the
 // captured references after every store and kept the accumulators on the stack (2x slower).
 template <int JT>
-void fwd_rows_f32_range(const float* __restrict__ x, const float* base, float* out, const float* __restrict__ D,
-                        const float* __restrict__ U, const float* __restrict__ coef_bk, int64_t J_rt, int64_t N,
-                        int64_t K, int64_t r, int64_t Cin, int64_t Cout, int64_t begin, int64_t end) {
+void fwd_rows_f32_range(const float* __restrict__ x, const float* base, int64_t base_stride, float* out,
+                        const float* __restrict__ D, const float* __restrict__ U, const float* __restrict__ coef_bk,
+                        int64_t J_rt, int64_t N, int64_t K, int64_t r, int64_t Cin, int64_t Cout, int64_t begin,
+                        int64_t end) {
   const int64_t J = JT > 0 ? JT : J_rt;
   float cj[kMaxRowJ] = {}, t[kMaxRowJ];
   // sample b and position n of row i, stepped (an integer division per row costs as much as the
@@ -64,7 +66,7 @@ void fwd_rows_f32_range(const float* __restrict__ x, const float* base, float* o
         active |= cj[j] != 0.0f;
       }
     }
-    const float* br = base + i * Cout;
+    const float* br = base + i * base_stride;
     float* orow = out + i * Cout;
     if (!active) {
       if (orow != br) std::memcpy(orow, br, sizeof(float) * Cout);
@@ -106,12 +108,14 @@ void fwd_rows_f32_range(const float* __restrict__ x, const float* base, float* o
   }
 }
 
+// base_stride: Cout for a base_out tensor, 0 for one row broadcast to every row (a bias).
 template <int JT>
-void fwd_rows_f32(const float* x, const float* base, float* out, const float* D, const float* U,
-                  const float* coef_bk, const Geometry& g) {
+void fwd_rows_f32(const float* x, const float* base, int64_t base_stride, float* out, const float* D,
+                  const float* U, const float* coef_bk, const Geometry& g) {
   const Geometry gg = g;  // by value into the workers
   at::parallel_for(0, gg.B * gg.N, 256, [=](int64_t begin, int64_t end) {
-    fwd_rows_f32_range<JT>(x, base, out, D, U, coef_bk, gg.J, gg.N, gg.K, gg.r, gg.Cin, gg.Cout, begin, end);
+    fwd_rows_f32_range<JT>(x, base, base_stride, out, D, U, coef_bk, gg.J, gg.N, gg.K, gg.r, gg.Cin, gg.Cout,
+                           begin, end);
   });
 }
 
@@ -205,8 +209,9 @@ void fwd_nchw_f32(const float* x, const float* base, float* out, const float* D,
 }
 
 // Dispatches on layout and J; false where these kernels do not apply (the caller takes the generic one).
+// base_stride (rows layout only): see fwd_rows_f32.
 inline bool fwd_f32_dispatch(const float* x, const float* base, float* out, const float* D, const float* U,
-                             const float* coef_bk, const Geometry& g) {
+                             const float* coef_bk, const Geometry& g, int64_t base_stride = -1) {
   if (g.J > kMaxRowJ) return false;
   if (g.nchw) {
     switch (g.J) {
@@ -217,20 +222,49 @@ inline bool fwd_f32_dispatch(const float* x, const float* base, float* out, cons
     }
     return true;
   }
+  const int64_t bs = base_stride < 0 ? g.Cout : base_stride;
   switch (g.J) {
-    case 1: fwd_rows_f32<1>(x, base, out, D, U, coef_bk, g); break;
-    case 2: fwd_rows_f32<2>(x, base, out, D, U, coef_bk, g); break;
-    case 3: fwd_rows_f32<3>(x, base, out, D, U, coef_bk, g); break;
-    case 4: fwd_rows_f32<4>(x, base, out, D, U, coef_bk, g); break;
-    default: fwd_rows_f32<0>(x, base, out, D, U, coef_bk, g);
+    case 1: fwd_rows_f32<1>(x, base, bs, out, D, U, coef_bk, g); break;
+    case 2: fwd_rows_f32<2>(x, base, bs, out, D, U, coef_bk, g); break;
+    case 3: fwd_rows_f32<3>(x, base, bs, out, D, U, coef_bk, g); break;
+    case 4: fwd_rows_f32<4>(x, base, bs, out, D, U, coef_bk, g); break;
+    default: fwd_rows_f32<0>(x, base, bs, out, D, U, coef_bk, g);
   }
   return true;
 }
 #else
 inline bool fwd_f32_dispatch(const float*, const float*, float*, const float*, const float*, const float*,
-                             const Geometry&) {
+                             const Geometry&, int64_t = -1) {
   return false;
 }
 #endif
+
+// fp32 operands for the kernels of membrane_f32.h without a dispatcher call where the layout allows (the sampling
+// path calls this ~50 times per UNet step): D and (for r = 1) U are the parameters themselves, and
+// coef = gate * scale is a B*K loop.
+struct RowOperandsF32 {
+  at::Tensor D, U;  // keep copies alive when one was needed
+  std::vector<float> coef;
+};
+
+inline RowOperandsF32 row_operands_f32(const at::Tensor& down, const at::Tensor& up, const at::Tensor& gate,
+                                       const at::Tensor& scale, const Geometry& g) {
+  RowOperandsF32 o;
+  const auto f32 = at::kFloat;
+  o.D = down.scalar_type() == f32 && down.is_contiguous() ? down : down.to(f32).contiguous();
+  if (g.r == 1 && up.scalar_type() == f32 && up.is_contiguous()) {
+    o.U = up;  // (K, C_out, 1) is (J, C_out) in memory
+  } else {
+    o.U = up.to(f32).permute({0, 2, 1}).reshape({g.J, g.Cout}).contiguous();
+  }
+  const at::Tensor gt = gate.to(f32).contiguous(), sc = scale.to(f32).contiguous();
+  const float* gp = gt.const_data_ptr<float>();
+  const float* sp = sc.const_data_ptr<float>();
+  o.coef.resize(g.B * g.K);
+  for (int64_t b = 0; b < g.B; ++b) {
+    for (int64_t k = 0; k < g.K; ++k) o.coef[b * g.K + k] = gp[b * g.K + k] * sp[k];
+  }
+  return o;
+}
 
 }  // namespace spmctl

@@ -324,34 +324,6 @@ void bwd_nchw(const scalar_t* gout, const scalar_t* x, scalar_t* gx, const at::o
 
 // ------------------------------------------------------------------------------------ glue
 
-// fp32 operands for the kernels of membrane_f32.h without a dispatcher call where the layout allows (the sampling
-// path calls this ~50 times per UNet step): D and (for r = 1) U are the parameters themselves, and
-// coef = gate * scale is a B*K loop.
-struct RowOperandsF32 {
-  at::Tensor D, U;  // keep copies alive when one was needed
-  std::vector<float> coef;
-};
-
-inline RowOperandsF32 row_operands_f32(const at::Tensor& down, const at::Tensor& up, const at::Tensor& gate,
-                                       const at::Tensor& scale, const Geometry& g) {
-  RowOperandsF32 o;
-  const auto f32 = at::kFloat;
-  o.D = down.scalar_type() == f32 && down.is_contiguous() ? down : down.to(f32).contiguous();
-  if (g.r == 1 && up.scalar_type() == f32 && up.is_contiguous()) {
-    o.U = up;  // (K, C_out, 1) is (J, C_out) in memory
-  } else {
-    o.U = up.to(f32).permute({0, 2, 1}).reshape({g.J, g.Cout}).contiguous();
-  }
-  const at::Tensor gt = gate.to(f32).contiguous(), sc = scale.to(f32).contiguous();
-  const float* gp = gt.const_data_ptr<float>();
-  const float* sp = sc.const_data_ptr<float>();
-  o.coef.resize(g.B * g.K);
-  for (int64_t b = 0; b < g.B; ++b) {
-    for (int64_t k = 0; k < g.K; ++k) o.coef[b * g.K + k] = gp[b * g.K + k] * sp[k];
-  }
-  return o;
-}
-
 // The fp32 kernels where they apply; false sends the caller to the general kernels.
 inline bool try_fwd_f32(const at::Tensor& x, const float* base, float* out, const at::Tensor& down,
                         const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale, const Geometry& g) {

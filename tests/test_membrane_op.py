@@ -126,11 +126,13 @@ def test_torch_compile_traces_the_op(fused):
 def test_extension_sources_for_setup_py():
     spec = extension_sources(with_cuda=True, prebuilt=True)
     names = [Path(s).name for s in spec["sources"]]
-    assert names == ["membrane_op.cpp", "membrane_autograd.cpp", "membrane_cuda.cpp", "membrane_kernels.cu",
-                     "pymodule.cpp"]
+    assert names == ["membrane_op.cpp", "membrane_autograd.cpp", "linear_membrane.cpp", "membrane_cuda.cpp",
+                     "membrane_kernels.cu", "pymodule.cpp"]
     assert all(Path(s).is_file() for s in spec["sources"])
     rel = extension_sources(with_cuda=False, root=csrc_dir().parent)
-    assert rel["sources"] == [os.path.join("csrc", "membrane_op.cpp"), os.path.join("csrc", "membrane_autograd.cpp")]
+    assert rel["sources"] == [
+        os.path.join("csrc", n) for n in ("membrane_op.cpp", "membrane_autograd.cpp", "linear_membrane.cpp")
+    ]
     assert not rel["with_cuda"]
     assert "-march=native" not in spec["extra_compile_args"]["cxx"]  # prebuilt wheels stay portable
 
@@ -264,6 +266,52 @@ def test_fp32_kernels_for_each_j(fused, layout, k, r):
         got = membrane_(base.clone(), x, down, up, gate, scale, conv)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
         assert torch.equal(got[0], base[0])
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("k,r", [(1, 1), (2, 1), (3, 2), (9, 2)], ids=lambda v: str(v))
+def test_linear_membrane_is_the_layer_plus_its_membranes(fused, k, r, bias):
+    """linear_membrane (sampling: layer + membranes in one op) equals F.linear + the reference, and a
+    gate-0 sample is F.linear's output bit for bit (bias written first, then the same addmm)."""
+    from spmctl.ops import linear_membrane
+
+    g = torch.Generator().manual_seed(k + 7 * r)
+    for cin, cout in ((32, 256), (37, 45), (1280, 320)):
+        x = torch.randn(3, 16, cin, generator=g)
+        weight = torch.randn(cout, cin, generator=g) / cin**0.5
+        b = torch.randn(cout, generator=g) if bias else None
+        down, up = torch.randn(k, r, cin, generator=g) * 0.3, torch.randn(k, cout, r, generator=g) * 0.3
+        gate = torch.rand(3, k, generator=g)
+        gate[0] = 0.0
+        scale = torch.rand(k, generator=g) + 0.5
+        layer = torch.nn.functional.linear(x, weight, b)
+        got = linear_membrane(x, weight, b, down, up, gate, scale)
+        expected = membrane_reference(x, layer, down, up, gate, scale, False)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+        assert torch.equal(got[0], layer[0])
+    args = (x, weight, b, down, up, gate, scale)
+    torch.library.opcheck(torch.ops.spmctl.linear_membrane.default, args)
+
+
+def test_membrane_wrapper_keeps_hooks_on_the_layer(fused):
+    """The fused linear path skips calling the wrapped layer, so a layer with hooks takes the
+    layer-then-membrane path instead (same result, hook called)."""
+    from spmctl.membrane.module import GateState, MembraneModule
+
+    torch.manual_seed(0)
+    state = GateState(2)
+    state.set(torch.tensor([[1.0, 0.5], [0.0, 0.0]]))
+    wrapper = MembraneModule(torch.nn.Linear(32, 48), "lora_unet_x", 1, 1.0, 2, state)
+    torch.nn.init.normal_(wrapper.lora_up, std=0.3)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        fused_out = wrapper(x)
+        seen = []
+        wrapper.base.register_forward_hook(lambda *a: seen.append(1))
+        hooked_out = wrapper(x)
+    assert seen == [1]
+    torch.testing.assert_close(fused_out, hooked_out, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fused_out[1], torch.nn.functional.linear(x[1], wrapper.weight, wrapper.bias))
 
 
 def test_two_threads_give_the_same_result(fused):

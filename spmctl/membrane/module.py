@@ -8,9 +8,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from spmctl.errors import SpmctlError
-from spmctl.ops import membrane, membrane_
+from spmctl.ops import linear_membrane, membrane, membrane_
+
+
+def _has_hooks(layer: nn.Module) -> bool:
+    """Forward hooks that calling `layer` would run (its own or global ones): the fused
+    linear_membrane path, which does not call the layer, is taken only without them."""
+    return bool(
+        layer._forward_hooks
+        or layer._forward_pre_hooks
+        or _nn_module._global_forward_hooks
+        or _nn_module._global_forward_pre_hooks
+    )
 
 
 class GateState:
@@ -89,6 +101,7 @@ class MembraneModule(nn.Module):
             out_features = base.out_features
             self.pointwise = True
         self._is_conv = isinstance(base, nn.Conv2d)
+        self._plain_linear = type(base) is nn.Linear  # not a subclass: its forward might differ
         self.lora_down = nn.Parameter(torch.empty(num_membranes, rank, *in_shape, device=weight.device))
         self.lora_up = nn.Parameter(torch.zeros(num_membranes, out_features, rank, device=weight.device))
         for k in range(num_membranes):
@@ -127,20 +140,26 @@ class MembraneModule(nn.Module):
         # This runs ~50 times per UNet call, so it reads parameters from the module's dicts directly
         # (each `self.lora_down` would go through __getattr__ below) and does no other lookups.
         modules, params = self._modules, self._parameters
-        out = modules["base"](x, *args, **kwargs)  # exactly the call the UNet made before
+        base = modules["base"]
         state = self._state
         if not state.active or x.dim() < 2:
-            return out
+            return base(x, *args, **kwargs)  # exactly the call the UNet made before
         gate = state.for_batch(x.shape[0], x.device)
+        down, up, scale = params["lora_down"], params["lora_up"], self._buffers["scale"]
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or up.requires_grad or down.requires_grad)
+        if self._plain_linear and not (wants_grad or args or kwargs or _has_hooks(base)):
+            # sampling: the layer and its membranes in one op (see csrc/linear_membrane.cpp)
+            out = linear_membrane(x, base.weight, base.bias, down, up, gate, scale)
+            if out is not None:
+                return out
+        out = base(x, *args, **kwargs)
         if x.dtype != out.dtype:  # autocast: the base ran in a lower precision
             x = x.to(out.dtype)
         conv = self._is_conv
         if self.pointwise and (not conv or x.dim() == 4):
-            down, up = params["lora_down"], params["lora_up"]
             if conv:  # (K, r, C_in, 1, 1) -> (K, r, C_in)
                 down = down.view(down.shape[0], down.shape[1], -1)
-            scale = self._buffers["scale"]
-            if torch.is_grad_enabled() and (x.requires_grad or up.requires_grad):
+            if wants_grad:
                 return membrane(x, out, down, up, gate, scale, conv)
             # no gradient wanted (denoising, sampling): add into the base layer's fresh output
             return membrane_(out, x, down, up, gate, scale, conv)

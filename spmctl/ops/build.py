@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-CPU_SOURCES = ("membrane_op.cpp", "membrane_autograd.cpp")
+CPU_SOURCES = ("membrane_op.cpp", "membrane_autograd.cpp", "linear_membrane.cpp")
 CUDA_SOURCES = ("membrane_cuda.cpp", "membrane_kernels.cu")
 HEADERS = ("membrane_common.h", "membrane_kernels.h", "membrane_f32.h")
 PYMODULE_SOURCE = "pymodule.cpp"  # PyInit stub, only for the setup.py-built `spmctl._membrane_ext`

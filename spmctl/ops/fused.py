@@ -16,7 +16,15 @@ import torch
 from spmctl.errors import SpmctlError
 from spmctl.ops.reference import membrane_reference
 
-__all__ = ["membrane", "membrane_", "kernel_backend", "load_fused", "fused_supports", "MAX_CUDA_J"]
+__all__ = [
+    "membrane",
+    "membrane_",
+    "linear_membrane",
+    "kernel_backend",
+    "load_fused",
+    "fused_supports",
+    "MAX_CUDA_J",
+]
 
 MAX_CUDA_J = 32  # K * rank the CUDA kernels keep in registers; larger falls back to the reference
 
@@ -69,6 +77,10 @@ def _register_python_parts() -> None:
     @torch.library.register_fake("spmctl::membrane_fwd_")
     def _fwd_inplace_fake(out, x, down, up, gate, scale, conv=False):
         return out
+
+    @torch.library.register_fake("spmctl::linear_membrane")
+    def _linear_membrane_fake(x, weight, bias, down, up, gate, scale):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _load() -> tuple[str, str]:
@@ -168,3 +180,30 @@ def membrane_(
     if backend == "fused" and x.device.type == "cpu" and out.dtype == x.dtype:
         return torch.ops.spmctl.membrane_fwd_.default(out, x, down, up, gate, scale, conv)
     return membrane(x, out, down, up, gate, scale, conv)
+
+
+def linear_membrane(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    gate: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor | None:
+    """F.linear(x, weight, bias) plus the membranes, in one op (no gradient; CPU float32 only).
+
+    Returns None where the fused op does not apply, and the caller runs the layer and `membrane_`.
+    """
+    backend = _backend if _backend is not None else load_fused()
+    if (
+        backend != "fused"
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or (bias is not None and bias.dtype != torch.float32)
+        or down.dtype != torch.float32
+        or up.dtype != torch.float32
+    ):
+        return None
+    return torch.ops.spmctl.linear_membrane.default(x, weight, bias, down, up, gate, scale)
