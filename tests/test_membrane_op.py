@@ -314,6 +314,18 @@ def test_membrane_wrapper_keeps_hooks_on_the_layer(fused):
     assert torch.equal(fused_out[1], torch.nn.functional.linear(x[1], wrapper.weight, wrapper.bias))
 
 
+def test_membrane_wrapper_under_cpu_autocast_runs_the_layer_in_its_dtype(fused):
+    """Under autocast the layer runs in bf16; the fused fp32 linear path must not bypass that."""
+    from spmctl.membrane.module import GateState, MembraneModule
+
+    torch.manual_seed(0)
+    state = GateState(1)
+    wrapper = MembraneModule(torch.nn.Linear(32, 48), "lora_unet_x", 1, 1.0, 1, state)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wrapper(x).dtype == torch.bfloat16
+
+
 def test_two_threads_give_the_same_result(fused):
     """The CPU kernels split rows into per-thread chunks with fixed reduction order."""
     g = torch.Generator().manual_seed(5)

@@ -200,6 +200,7 @@ def linear_membrane(
         backend != "fused"
         or x.device.type != "cpu"
         or x.dtype != torch.float32
+        or torch.is_autocast_enabled("cpu")  # the layer would run in the autocast dtype
         or weight.dtype != torch.float32
         or (bias is not None and bias.dtype != torch.float32)
         or down.dtype != torch.float32
