@@ -184,3 +184,14 @@ def test_timm_checkpoint_path(tmp_path: Path, monkeypatch, runs):
     assert loaded.predict(images) == [loaded.labels[i] for i in expected]
     result = UnlearnCanvasMetric().evaluate(runs[:1], object_classifier=str(path))
     assert result.table["base"]["images"] == 12
+
+
+def test_plugins_list_names_classifiers_as_classifiers(colour_classifiers):
+    from typer.testing import CliRunner
+
+    from spmctl.cli import app
+
+    result = CliRunner().invoke(app, ["plugins", "list"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "colour-style" in line]
+    assert rows and "classifier" in rows[0] and "metric" not in rows[0]

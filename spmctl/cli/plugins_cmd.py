@@ -35,7 +35,9 @@ def list_plugins() -> None:
         for name, provider in sorted(providers.items()):
             owner = plugins.provider_owner(hook, name)
             info = by_name.get(owner)
-            table.add_row(kind, name, owner, info.package if info else "?", info.version if info else "?",
+            # an image classifier (UnlearnCanvas) comes through register_metrics too; say which it is
+            shown = "classifier" if kind == "metric" and callable(getattr(provider, "predict", None)) else kind
+            table.add_row(shown, name, owner, info.package if info else "?", info.version if info else "?",
                           getattr(provider, "description", ""))
     for info in infos:
         if info.error:
