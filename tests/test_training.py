@@ -209,11 +209,15 @@ def test_prompt_section_alone_is_what_trains(tmp_path: Path):
 
 
 def test_use_sample_false_is_never_read_as_true():
-    """The seed parsed `--use_sample False` as true; here the flag takes no value."""
-    result = run_spmctl("train", "--use_sample", "False", "--print-config")
-    assert result.returncode == 2 and "False" in result.stderr
-    shown = run_spmctl("train", "--no-use-sample", "--print-config")
-    assert "use_sample: false  # command line" in shown.stdout
+    """The seed parsed `--use_sample False` as true; here the value is honoured, and the flag alone
+    or `--no-use-sample` work as usual."""
+    for args, expected in ((["--use_sample", "False"], "false"), (["--use_sample", "true"], "true"),
+                           (["--no-use-sample"], "false"), (["--use_sample"], "true")):
+        shown = run_spmctl("train", *args, "--print-config")
+        assert shown.returncode == 0, shown.stderr
+        assert f"use_sample: {expected}  # command line" in shown.stdout, args
+    result = run_spmctl("train", "--use_sample", "maybe", "--print-config")
+    assert result.returncode == 2 and "maybe" in result.stderr
 
 
 def test_every_anchor_counts_and_no_unconditional_half_is_wasted(tmp_path: Path):

@@ -58,11 +58,33 @@ def _add_plugin_commands() -> None:
         print(f"warning: a plugin failed to add commands: {exc}", file=sys.stderr)
 
 
+# Boolean flags the seed's scripts took with a value (`--use_sample False`, which they then read as
+# true). Here a true/false value after one of them is honoured; anything else is left to Typer.
+_VALUED_BOOL_FLAGS = {"--use_sample": "use-sample", "--use-sample": "use-sample"}
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _honour_bool_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = _VALUED_BOOL_FLAGS.get(arg)
+        value = argv[i + 1].lower() if name and i + 1 < len(argv) else None
+        if value in _TRUE or value in _FALSE:
+            out.append(f"--{name}" if value in _TRUE else f"--no-{name}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     _add_plugin_commands()
     try:
-        app()
+        app(args=_honour_bool_values(sys.argv[1:]))
     except SpmctlError as exc:
         message = str(exc)
         print(message if message.startswith(("config error", "error")) else f"error: {message}",
