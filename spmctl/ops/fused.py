@@ -194,17 +194,24 @@ def linear_membrane(
     """F.linear(x, weight, bias) plus the membranes, in one op (no gradient; CPU float32 only).
 
     Returns None where the fused op does not apply, and the caller runs the layer and `membrane_`.
+    Called once per adapted layer and UNet step, so the checks are the cheap ones; the op itself
+    rejects a weight or bias that is not float32 (as F.linear would reject the dtype mismatch).
     """
-    backend = _backend if _backend is not None else load_fused()
     if (
-        backend != "fused"
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
+        x.dtype is not torch.float32
+        or not x.is_cpu
+        or (_backend if _backend is not None else load_fused()) != "fused"
         or torch.is_autocast_enabled("cpu")  # the layer would run in the autocast dtype
-        or weight.dtype != torch.float32
-        or (bias is not None and bias.dtype != torch.float32)
-        or down.dtype != torch.float32
-        or up.dtype != torch.float32
     ):
         return None
-    return torch.ops.spmctl.linear_membrane.default(x, weight, bias, down, up, gate, scale)
+    return _linear_membrane_op()(x, weight, bias, down, up, gate, scale)
+
+
+def _linear_membrane_op():
+    global _LINEAR_MEMBRANE
+    if _LINEAR_MEMBRANE is None:
+        _LINEAR_MEMBRANE = torch.ops.spmctl.linear_membrane.default
+    return _LINEAR_MEMBRANE
+
+
+_LINEAR_MEMBRANE = None
