@@ -6,6 +6,7 @@ commands that need them, so `spmctl --help` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -89,4 +90,24 @@ def main() -> None:
         message = str(exc)
         print(message if message.startswith(("config error", "error")) else f"error: {message}",
               file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
+    except SystemExit as exc:
+        if not isinstance(exc.code, int | None):
+            raise  # a message: let Python print it and exit 1
+        _exit(exc.code or 0)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Exit; a rank that torchrun started skips the interpreter's teardown.
+
+    Such a rank gets here after its work is saved and it has left the process group
+    (spmctl/scale/launch.py). Now and then gloo aborted the process during teardown ("terminate
+    called without an active exception", exit -6), and torchrun then reported a finished run as
+    failed and killed the other ranks. Nothing of ours runs at exit, so only the streams need flushing.
+    """
+    if os.environ.get("TORCHELASTIC_RUN_ID") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -8,6 +8,7 @@ them and call `init_process_group` from the environment.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ def shutdown() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+        # free what still refers to the group (gloo work objects) while the interpreter is whole,
+        # not during its finalisation
+        gc.collect()
 
 
 def active() -> bool:

@@ -99,7 +99,8 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     console = console if console is not None and main else Console(stderr=True, quiet=quiet)
 
     def warn(msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr)
+        if main:  # every rank reads the same config: one copy of each warning is enough
+            print(f"warning: {msg}", file=sys.stderr)
 
     settings = resolve_prompt_settings(cfg, warn)
     concepts = concept_names(settings)
