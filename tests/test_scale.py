@@ -36,6 +36,7 @@ def write_config(path: Path, **sections) -> Path:
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc-per-node 2 -m spmctl ...`, as a user on one node would run it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
+    env["PYTHONFAULTHANDLER"] = "1"  # an abort in a rank shows where it happened (Python stacks)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "spmctl", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
