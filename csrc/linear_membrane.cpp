@@ -47,12 +47,9 @@ at::Tensor linear_membrane_cpu(const at::Tensor& x_in, const at::Tensor& weight,
   const bool done = fwd_f32_dispatch(x.const_data_ptr<float>(), b.const_data_ptr<float>(),
                                      out.mutable_data_ptr<float>(), op.D.const_data_ptr<float>(),
                                      op.U.const_data_ptr<float>(), op.coef.data(), g, /*base_stride=*/0);
-  if (!done) {  // J beyond the specialised kernels: bias, then the membrane as two small GEMMs
+  if (!done) {  // J beyond the specialised kernels: the bias, then the membranes' BLAS update
     out2d.copy_(b.expand({out2d.size(0), cout}));
-    at::Tensor h = at::mm(x2d, op.D.reshape({g.J, cin}).t());  // (rows, J)
-    const at::Tensor coef = at::from_blob(const_cast<float*>(op.coef.data()), {g.B, g.K}, x.options());
-    h.view({g.B, g.N, g.J}).mul_(coef.repeat_interleave(g.r, 1).unsqueeze(1));
-    out2d.addmm_(h, op.U);
+    membrane_rows_blas_(out, x, down, up, gate, scale, g);
   }
   out2d.addmm_(x2d, weight.t());  // the GEMM at::linear runs after writing the bias (beta = 1)
   return out;

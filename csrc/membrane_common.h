@@ -90,4 +90,20 @@ inline Operands membrane_operands(const at::Tensor& down, const at::Tensor& up, 
   return o;
 }
 
+// out += the membranes' term, as two BLAS calls (rows x J projections, then a rank-J update of `out`),
+// for the row layout (channels contiguous; a channels-last (B, C, H, W) tensor is (B, H, W, C) in
+// memory) in fp32/fp64. A gate-0 sample gets an exact zero update: its rows stay bit for bit.
+inline void membrane_rows_blas_(at::Tensor& out, const at::Tensor& x, const at::Tensor& down,
+                                const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale,
+                                const Geometry& g) {
+  const Operands op = membrane_operands(down, up, gate, scale, x.scalar_type());
+  auto rows2d = [](const at::Tensor& t) {
+    return t.dim() == 4 ? t.permute({0, 2, 3, 1}).view({-1, t.size(1)}) : t.view({-1, t.size(-1)});
+  };
+  at::Tensor h = at::mm(rows2d(x), op.D.t());             // (rows, J)
+  at::Tensor coef_j = op.coef.repeat_interleave(g.r, 1);  // (B, J)
+  h.view({g.B, g.N, g.J}).mul_(coef_j.unsqueeze(1));
+  rows2d(out).addmm_(h, op.U);
+}
+
 }  // namespace spmctl

@@ -372,18 +372,9 @@ at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, co
     if (try_fwd_f32(x, o, o, down, up, gate, scale, g)) return out;
   }
   if (!g.nchw && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
-    // Row layout in fp64 (or fp32 with a large J): two BLAS calls (rows x J projections, then a
-    // rank-J update of `out`) beat the generic row loop when rows are short. A gate-0 sample gets an
-    // exact zero update, so its rows stay bit for bit equal to base_out.
-    const Operands op = membrane_operands(down, up, gate, scale, x.scalar_type());
-    // rows x channels views: a channels-last (B, C, H, W) tensor is (B, H, W, C) in memory
-    auto rows2d = [](const at::Tensor& t) {
-      return t.dim() == 4 ? t.permute({0, 2, 3, 1}).view({-1, t.size(1)}) : t.view({-1, t.size(-1)});
-    };
-    at::Tensor h = at::mm(rows2d(x), op.D.t());             // (rows, J)
-    at::Tensor coef_j = op.coef.repeat_interleave(g.r, 1);  // (B, J)
-    h.view({g.B, g.N, g.J}).mul_(coef_j.unsqueeze(1));
-    rows2d(out).addmm_(h, op.U);
+    // fp64, or fp32 with a J beyond the specialised kernels: BLAS beats the generic row loop when
+    // rows are short
+    membrane_rows_blas_(out, x, down, up, gate, scale, g);
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_inplace_cpu", [&] {

@@ -106,8 +106,11 @@ def _exit(code: int) -> None:
     called without an active exception", exit -6), and torchrun then reported a finished run as
     failed and killed the other ranks. Nothing of ours runs at exit, so only the streams need flushing.
     """
-    if os.environ.get("TORCHELASTIC_RUN_ID") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        from ..scale.dist import launched_by_torchrun
+
+        if launched_by_torchrun():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     sys.exit(code)
