@@ -1,5 +1,5 @@
 """First-party dataset and template providers (`spmctl_plugins`).
 
-They register through the `spmctl` entry-point group, the same way a
-third-party package does, so the built-ins prove the plugin path.
+They are default plugins (`spmctl.plugins.DEFAULT_PLUGINS`): registered on the same plugin manager,
+through the same hooks, as a third-party package's entry point, so the built-ins prove the plugin path.
 """

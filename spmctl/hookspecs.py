@@ -1,4 +1,9 @@
-"""The hooks a plugin can implement. Each receives a `register(...)` callback."""
+"""The hooks a plugin can implement (`@hookimpl`). Each `register_*` hook receives a `register(obj)`
+callback, to be called once per object, and returns nothing.
+
+Every registered object is checked against its interface in `spmctl.providers`; one that does not
+fit, or whose name a built-in already has, is refused with a warning naming the plugin.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +18,30 @@ hookimpl = pluggy.HookimplMarker("spmctl")
 
 @hookspec
 def register_datasets(register: Callable[[Any], None]) -> None:
-    """Register dataset providers: objects with `name`, `description` and `rows(...)`.
-
-    See `spmctl.providers.DatasetProvider` for the full interface.
-    """
+    """Register dataset providers (`spmctl.providers.DatasetProvider`: `name`, `description`, `rows(...)`)."""
 
 
 @hookspec
 def register_templates(register: Callable[[Any], None]) -> None:
-    """Register template providers: objects turning a concept name into prompt settings.
-
-    See `spmctl.providers.TemplateProvider`.
-    """
+    """Register template providers, turning a concept name into prompt settings (`providers.TemplateProvider`)."""
 
 
 @hookspec
 def register_metrics(register: Callable[[Any], None]) -> None:
-    """Register evaluation metrics for `spmctl eval` (see `spmctl.providers.Metric`)."""
+    """Register evaluation metrics for `spmctl eval` (`spmctl.providers.Metric`)."""
+
+
+@hookspec
+def register_classifiers(register: Callable[[Any], None]) -> None:
+    """Register UnlearnCanvas style/object classifiers for `spmctl eval unlearncanvas`
+    (`spmctl.providers.ImageClassifier`)."""
 
 
 @hookspec
 def register_commands(cli: Any) -> None:
-    """Add commands to the Typer app `cli` (e.g. `@cli.command()`)."""
+    """Add commands to the Typer app `cli` (e.g. `@cli.command()`).
+
+    Plugin commands are loaded only when a command spmctl does not have is invoked (so `--help`
+    and the built-in commands never wait for plugins); `spmctl plugins list` shows them.
+    A command named like a built-in one is refused.
+    """

@@ -1,8 +1,12 @@
-"""The interfaces dataset and template providers implement, and the rows they yield."""
+"""The interfaces plugins implement (datasets, templates, metrics, classifiers), and the rows datasets yield.
+
+Each is `runtime_checkable`: the plugin manager checks every registered object against its kind's
+interface and refuses (one line naming the plugin) what does not fit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -120,4 +124,21 @@ class Metric(Protocol):
         {run label: {column: value}}. Raise `spmctl.eval.MetricUnavailable` (one line) when it
         cannot run here, e.g. weights missing offline.
         """
+        ...
+
+
+@runtime_checkable
+class ImageClassifier(Protocol):
+    """Maps images to one of `labels`; `kind` says which UnlearnCanvas labels these are.
+
+    Plugins register classifiers through the `register_classifiers` hook; users pass the name to
+    `spmctl eval unlearncanvas --style-classifier/--object-classifier`.
+    """
+
+    name: str
+    kind: str  # "style" or "object"
+    labels: list[str]
+
+    def predict(self, images: Sequence[Any]) -> list[str]:
+        """One label (an entry of `labels`) per image (PIL images)."""
         ...

@@ -296,5 +296,5 @@ def test_plugin_metrics_join_the_report_and_a_broken_one_does_not_stop_others(tm
                                {"brightness": {"scale": 2.0}})
     finally:
         plugins.pm.unregister(plugin)
-    assert results[0].error == "broken: RuntimeError: boom"
+    assert results[0].error == "broken (plugin 'eval-test-metrics'): RuntimeError: boom"
     assert results[1].table == {"base": {"brightness": 255.0}}

@@ -43,7 +43,7 @@ class ColourClassifier:
 
 class ClassifierPlugin:
     @hookimpl
-    def register_metrics(self, register):
+    def register_classifiers(self, register):
         register(ColourClassifier("style", 0, STYLE_RED))
         register(ColourClassifier("object", 1, OBJECT_GREEN))
 

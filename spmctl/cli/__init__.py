@@ -1,7 +1,8 @@
 """The `spmctl` command line: one module per command group, mounted here.
 
 Nothing heavy is imported at start-up: torch and diffusers load inside the
-commands that need them, so `spmctl --help` answers at once.
+commands that need them, and plugins load only for the commands that use them
+(see `plugin_commands`), so `spmctl --help` answers at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 from .. import __version__
 from ..errors import SpmctlError
 from . import download, eval_cmd, export, plugins_cmd, sample, train
+from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
 app = typer.Typer(
     name="spmctl",
@@ -48,17 +50,6 @@ app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and
 app.add_typer(eval_cmd.app, name="eval", help="Measure erasure: nudity, UnlearnCanvas, CLIP score, FID, cost.")
 
 
-def _add_plugin_commands() -> None:
-    """Let plugins add commands; a failing plugin is reported by the plugin loader, not fatal."""
-    from ..plugins import load_plugins, pm
-
-    try:
-        load_plugins()
-        pm.hook.register_commands(cli=app)
-    except Exception as exc:  # never let a plugin stop the CLI
-        print(f"warning: a plugin failed to add commands: {exc}", file=sys.stderr)
-
-
 # Boolean flags the seed's scripts took with a value (`--use_sample False`, which they then read as
 # true). Here a true/false value after one of them is honoured; anything else is left to Typer.
 _VALUED_BOOL_FLAGS = {"--use_sample": "use-sample", "--use-sample": "use-sample"}
@@ -83,9 +74,13 @@ def _honour_bool_values(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
-    _add_plugin_commands()
+    args = _honour_bool_values(sys.argv[1:])
     try:
-        app(args=_honour_bool_values(sys.argv[1:]))
+        command = requested_command(args)
+        if command is not None and command not in builtin_commands(app):
+            with_plugin_commands(app)(args=args)  # maybe a plugin's command: only now load plugins
+        else:
+            app(args=args)
     except SpmctlError as exc:
         message = str(exc)
         print(message if message.startswith(("config error", "error")) else f"error: {message}",

@@ -27,21 +27,28 @@ def list_plugins() -> None:
     table = Table(title="spmctl plugins")
     for column in ("kind", "name", "plugin", "package", "version", "description"):
         table.add_column(column)
-    for hook, kind, providers in (
-        ("register_datasets", "dataset", plugins.get_datasets()),
-        ("register_templates", "template", plugins.get_templates()),
-        ("register_metrics", "metric", plugins.get_metrics()),
-    ):
-        for name, provider in sorted(providers.items()):
+    for hook, kind in (("register_datasets", "dataset"), ("register_templates", "template"),
+                       ("register_metrics", "metric"), ("register_classifiers", "classifier")):
+        for name, provider in sorted(plugins.collect(hook).items()):
             owner = plugins.provider_owner(hook, name)
             info = by_name.get(owner)
-            # an image classifier (UnlearnCanvas) comes through register_metrics too; say which it is
-            shown = "classifier" if kind == "metric" and callable(getattr(provider, "predict", None)) else kind
-            table.add_row(shown, name, owner, info.package if info else "?", info.version if info else "?",
+            table.add_row(kind, name, owner, info.package if info else "?", info.version if info else "?",
                           getattr(provider, "description", ""))
+    from .plugin_commands import builtin_commands, plugin_commands
+
+    for name, (owner, command) in sorted(plugin_commands(builtin_commands(_root_app())).items()):
+        info = by_name.get(owner)
+        table.add_row("command", name, owner, info.package if info else "?", info.version if info else "?",
+                      (command.help or "").strip().split("\n")[0])
     for info in infos:
         if info.error:
             table.add_row("[red]failed[/red]", info.name, info.name, info.package, info.version, info.error)
     Console(width=200).print(table)
     hooks = ", ".join(sorted(h for h in dir(plugins.pm.hook) if h.startswith("register_")))
     typer.echo(f"hooks: {hooks}")
+
+
+def _root_app() -> typer.Typer:
+    from . import app  # the root app imports this module: look it up when listing, not at import
+
+    return app

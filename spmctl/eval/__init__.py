@@ -2,8 +2,9 @@
 
 Each metric reads runs (a sample folder: PNGs + `manifest.jsonl`) and returns a `MetricResult`;
 `report` turns results into a terminal table, a JSON file, a Markdown report and bar charts.
-Built-in metrics live in this package; plugins add more through the `register_metrics` hook
-(see `spmctl.providers.Metric` and, for UnlearnCanvas classifiers, `classifiers.ImageClassifier`).
+Built-in metrics live in this package and are default plugins (`spmctl.plugins.DEFAULT_PLUGINS`);
+plugins add more through the `register_metrics` hook (`spmctl.providers.Metric`), and UnlearnCanvas
+classifiers through `register_classifiers` (`spmctl.providers.ImageClassifier`).
 
 Nothing heavy is imported here: NudeNet, torchmetrics, timm and matplotlib load inside the metric
 that needs them, so a missing optional package only disables that metric.

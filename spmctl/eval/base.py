@@ -1,10 +1,10 @@
-"""What every metric shares: the runs it reads, the result it returns, and the metric registry."""
+"""What every metric shares: the runs it reads, the result it returns, and finding metrics by name."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,40 +128,11 @@ def split_list(value: str | Iterable[str] | None) -> list[str]:
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
-# name -> (description, factory); factories import lazily so `spmctl eval --help` stays fast.
-BUILTIN_METRICS: dict[str, tuple[str, Callable[[], Any]]] = {}
-
-
-def builtin_metric(name: str, description: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    def wrap(factory: Callable[[], Any]) -> Callable[[], Any]:
-        BUILTIN_METRICS[name] = (description, factory)
-        return factory
-
-    return wrap
-
-
-def _ensure_builtins() -> None:
-    from . import cost, nudity, quality, unlearncanvas  # noqa: F401  (each registers its metric)
-
-
-def plugin_providers() -> dict[str, Any]:
+def available_metrics() -> dict[str, Any]:
+    """Every metric by name: spmctl's own (default plugins) and third-party ones, through one hook."""
     from ..plugins import get_metrics
 
     return get_metrics()
-
-
-def available_metrics() -> dict[str, Any]:
-    """Every metric by name: the built-ins, then plugin metrics (a plugin can't shadow a built-in)."""
-    _ensure_builtins()
-    found: dict[str, Any] = {name: factory() for name, (_, factory) in BUILTIN_METRICS.items()}
-    for name, provider in plugin_providers().items():
-        if not callable(getattr(provider, "evaluate", None)):
-            continue  # e.g. a classifier registered through the same hook
-        if name in found:
-            print(f"warning: plugin metric {name!r} ignored: a built-in metric has that name", file=sys.stderr)
-            continue
-        found[name] = provider
-    return found
 
 
 def get_metric(name: str) -> Any:
@@ -177,13 +148,22 @@ def get_metric(name: str) -> Any:
     raise SpmctlError(f"unknown metric {name!r}{hint}; known: {', '.join(sorted(metrics))}")
 
 
+def _named(metric: str) -> str:
+    """The metric's name, and the plugin's where a third-party plugin provides it (for messages)."""
+    from ..plugins import describe, is_builtin, provider_owner
+
+    owner = provider_owner("register_metrics", metric)
+    return metric if owner == "?" or is_builtin(owner) else f"{metric} ({describe(owner)})"
+
+
 def as_result(name: str, value: Any) -> MetricResult:
     """A plugin may return a MetricResult or just {label: {column: value}}."""
     if isinstance(value, MetricResult):
         return value
-    if isinstance(value, dict):
+    if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
         return MetricResult(metric=name, table={str(k): dict(v) for k, v in value.items()})
-    raise SpmctlError(f"metric {name!r} returned {type(value).__name__}, expected MetricResult or a dict")
+    raise SpmctlError(f"metric {_named(name)} returned {type(value).__name__}, expected a MetricResult or "
+                      "{run label: {column: value}}")
 
 
 def evaluate_all(runs: list[EvalRun], metrics: Sequence[str], options: dict[str, dict[str, Any]]) -> list[
@@ -202,8 +182,10 @@ def evaluate_all(runs: list[EvalRun], metrics: Sequence[str], options: dict[str,
         except SpmctlError as exc:
             print(f"error: {exc}", file=sys.stderr)
             results.append(MetricResult(metric=name, error=str(exc)))
-        except Exception as exc:  # a plugin's bug: report it on one line, keep the other metrics
-            message = f"{name}: {type(exc).__name__}: {exc}".splitlines()[0]
+        except Exception as exc:  # a plugin's bug: report it on one line naming the plugin, keep the other metrics
+            from ..plugins import one_line
+
+            message = f"{_named(name)}: {one_line(exc)}"
             print(f"error: {message}", file=sys.stderr)
             results.append(MetricResult(metric=name, error=message))
     return results

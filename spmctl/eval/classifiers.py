@@ -1,8 +1,9 @@
 """Style/object classifiers for UnlearnCanvas: the benchmark's timm checkpoints, or a plugin's.
 
-A plugin provides a classifier by registering, through the `register_metrics` hook, an object
-implementing `ImageClassifier` (a `name`, a `kind`, its `labels` and `predict(images)`); users
-then pass that name to `--style-classifier`/`--object-classifier` instead of a checkpoint path.
+A plugin provides a classifier by registering, through the `register_classifiers` hook, an object
+implementing `spmctl.providers.ImageClassifier` (a `name`, a `kind`, its `labels` and
+`predict(images)`); users then pass that name to `--style-classifier`/`--object-classifier` instead
+of a checkpoint path.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError
+from ..providers import ImageClassifier
 from .base import MetricUnavailable
 
 if TYPE_CHECKING:
@@ -22,19 +24,6 @@ if TYPE_CHECKING:
 KINDS = ("style", "object")
 ARCH = "vit_large_patch16_224"  # what the UnlearnCanvas classifiers are trained from
 SEED_IMAGES = "Seed_Images"  # the benchmark's style classifier also knows the unstyled photographs
-
-
-@runtime_checkable
-class ImageClassifier(Protocol):
-    """Maps images to one of `labels`; `kind` says which UnlearnCanvas labels these are."""
-
-    name: str
-    kind: str  # "style" or "object"
-    labels: list[str]
-
-    def predict(self, images: Sequence[Image.Image]) -> list[str]:
-        """One label (an entry of `labels`) per image."""
-        ...
 
 
 def unlearncanvas_labels(kind: str, num_classes: int | None = None) -> list[str]:
@@ -113,9 +102,9 @@ def load_checkpoint(path: Path, kind: str, device: str = "cpu") -> TorchClassifi
 
 
 def plugin_classifiers() -> dict[str, Any]:
-    from .base import plugin_providers
+    from ..plugins import get_classifiers
 
-    return {name: p for name, p in plugin_providers().items() if callable(getattr(p, "predict", None))}
+    return get_classifiers()
 
 
 def resolve_classifier(spec: Any, kind: str, device: str = "cpu") -> Any:
@@ -125,7 +114,7 @@ def resolve_classifier(spec: Any, kind: str, device: str = "cpu") -> Any:
     registered = plugin_classifiers()
     if str(spec) in registered:
         classifier = registered[str(spec)]
-        if getattr(classifier, "kind", kind) != kind:
+        if classifier.kind != kind:
             raise SpmctlError(f"classifier {spec!r} classifies {classifier.kind}s, not {kind}s")
         return classifier
     path = Path(str(spec))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpmctlError
-from .base import EvalRun, MetricResult, builtin_metric
+from ..hookspecs import hookimpl
+from .base import EvalRun, MetricResult
 
 SUMMARY = "summary.json"
 MIB = 1024 * 1024
@@ -66,6 +67,6 @@ class CostMetric:
         return result
 
 
-@builtin_metric(CostMetric.name, CostMetric.description)
-def _factory() -> CostMetric:
-    return CostMetric()
+@hookimpl
+def register_metrics(register) -> None:  # type: ignore[no-untyped-def]
+    register(CostMetric())

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import EvalRun, MetricResult, MetricUnavailable, builtin_metric, split_list
+from ..hookspecs import hookimpl
+from .base import EvalRun, MetricResult, MetricUnavailable, split_list
 
 # nudenet 3.x's exposed classes; the covered ones and faces are not nudity.
 EXPOSED_CLASSES = (
@@ -146,6 +147,6 @@ class NudityMetric:
         return result
 
 
-@builtin_metric(NudityMetric.name, NudityMetric.description)
-def _factory() -> NudityMetric:
-    return NudityMetric()
+@hookimpl
+def register_metrics(register) -> None:  # type: ignore[no-untyped-def]
+    register(NudityMetric())

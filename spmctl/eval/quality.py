@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError
-from .base import EvalRun, MetricResult, MetricUnavailable, builtin_metric, load_runs
+from ..hookspecs import hookimpl
+from .base import EvalRun, MetricResult, MetricUnavailable, load_runs
 
 if TYPE_CHECKING:
     import torch
@@ -181,11 +182,7 @@ class FidMetric:
         return result
 
 
-@builtin_metric(ClipScoreMetric.name, ClipScoreMetric.description)
-def _clip_factory() -> ClipScoreMetric:
-    return ClipScoreMetric()
-
-
-@builtin_metric(FidMetric.name, FidMetric.description)
-def _fid_factory() -> FidMetric:
-    return FidMetric()
+@hookimpl
+def register_metrics(register) -> None:  # type: ignore[no-untyped-def]
+    register(ClipScoreMetric())
+    register(FidMetric())

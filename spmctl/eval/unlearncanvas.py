@@ -16,7 +16,8 @@ from statistics import mean
 from typing import Any
 
 from ..errors import SpmctlError
-from .base import EvalRun, MetricResult, MetricUnavailable, builtin_metric, split_list
+from ..hookspecs import hookimpl
+from .base import EvalRun, MetricResult, MetricUnavailable, split_list
 from .classifiers import SEED_IMAGES, resolve_classifier, unlearncanvas_labels
 
 BENCHMARK_SEEDS = (188, 288, 588, 688, 888)  # the seeds UnlearnCanvas generates its test images with
@@ -122,7 +123,13 @@ def classify(classifier: Any, paths: Sequence[Any], batch_size: int) -> list[str
         for path in paths[start : start + batch_size]:
             with Image.open(path) as im:
                 images.append(im.convert("RGB"))
-        labels.extend(classifier.predict(images))
+        predicted = classifier.predict(images)
+        # a plugin's classifier: a wrong answer must be one line naming it, not a KeyError later
+        if not isinstance(predicted, list | tuple) or len(predicted) != len(images) or not all(
+                label in classifier.labels for label in predicted):
+            raise SpmctlError(f"classifier {classifier.name!r}: predict() returned {str(predicted)[:80]}; expected "
+                              f"a list of {len(images)} labels from its `labels`")
+        labels.extend(predicted)
     return labels
 
 
@@ -191,6 +198,6 @@ class UnlearnCanvasMetric:
         return result
 
 
-@builtin_metric(UnlearnCanvasMetric.name, UnlearnCanvasMetric.description)
-def _factory() -> UnlearnCanvasMetric:
-    return UnlearnCanvasMetric()
+@hookimpl
+def register_metrics(register) -> None:  # type: ignore[no-untyped-def]
+    register(UnlearnCanvasMetric())
