@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import SpmctlError
-from .extract import remove_tree, safe_extract, unwrap_single_folder
+from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
 from .manifest import Source
 from .space import ensure_free_space
 from .transfer import DownloadError, Transfer, fetch
@@ -154,8 +154,12 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
     with _staging(dest) as stage:
         if source.fetch == "archive":
             size = archive.stat().st_size
-            safe_extract(archive, source.archive or "zip", stage,
-                         max_bytes=max(int(size * source.max_ratio), 1 << 20))
+            try:
+                safe_extract(archive, source.archive or "zip", stage, allow_links=source.links,
+                             max_bytes=max(int(size * source.max_ratio), 1 << 20))
+            except ArchiveContentError:
+                archive.unlink(missing_ok=True)  # a bad archive must be fetched again, not reused
+                raise
             content = unwrap_single_folder(stage, source.unwrap)
         else:
             content = stage

@@ -44,6 +44,7 @@ class Source:
     repo_id: str | None = None
     repo_type: str | None = None
     revision: str | None = None
+    links: bool = False  # archive may hold links (refused unless a source opts in)
 
     @property
     def label(self) -> str:
@@ -113,7 +114,7 @@ def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
     if not isinstance(raw, dict):
         raise SpmctlError(f"manifest: {where} must be a mapping")
     known = {"description", "kind", "url", "archive", "size", "approx_size", "sha256", "dest", "unwrap",
-             "max_ratio", "repo_id", "repo_type", "revision", "aliases", "variants"}
+             "max_ratio", "repo_id", "repo_type", "revision", "aliases", "variants", "links"}
     extra = set(raw) - known
     if extra:
         raise SpmctlError(f"manifest: unknown key {where}.{sorted(extra)[0]}")
@@ -130,6 +131,9 @@ def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
     archive = raw.get("archive") if fetch == "archive" else None
     if fetch == "archive" and archive not in ARCHIVE_TYPES:
         raise SpmctlError(f"manifest: {where}.archive must be one of {', '.join(ARCHIVE_TYPES)}")
+    links = raw.get("links", False)
+    if not isinstance(links, bool):
+        raise SpmctlError(f"manifest: {where}.links must be true or false, got {links!r}")
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise SpmctlError(f"manifest: {where}.sha256 must be 64 hex digits or null")
@@ -140,7 +144,7 @@ def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
         approx_size=_opt_int(where, "approx_size", raw.get("approx_size")),
         sha256=sha.lower() if sha else None, unwrap=raw.get("unwrap"),
         max_ratio=float(raw.get("max_ratio", DEFAULT_MAX_RATIO)),
-        repo_id=raw.get("repo_id"), repo_type=raw.get("repo_type"), revision=raw.get("revision"),
+        repo_id=raw.get("repo_id"), repo_type=raw.get("repo_type"), revision=raw.get("revision"), links=links,
     )
 
 
