@@ -36,6 +36,7 @@ ARCHIVES = {
     "links: tar PATH_MAX chain": ("tar.gz", pathmax_chain(), True, "unsafe archive member"),
     "links: zip l1 -> . chain": ("zip", DOT_CHAIN, True, "clashes|is a link"),
     "links: tar l1 -> . chain": ("tar", DOT_CHAIN, True, "clashes|is a link"),
+    "links: zip l1 -> . links only": ("zip", DOT_CHAIN[:3], True, "its folder 'l1' is a link"),
     "links: symlink out": ("zip", [("symlink", "link", "../../etc")], True, "points outside"),
     "links: symlink absolute": ("tar", [("symlink", "link", "/etc/passwd")], True, "absolute"),
     "links: hardlink out": ("tar", [("hardlink", "h", "../x")], True, "points outside"),
