@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import SPMCTL, run_spmctl
 from helpers_archive import tar_bytes, zip_bytes
+from helpers_download import error_line, everything, invoke, invoke_tiny, isolate, sha, write_manifest
 from helpers_http import closed_port, serve
-from typer.testing import CliRunner
 
-from spmctl.cli.download import app
 from spmctl.download import extract, load_manifest, resolve_endpoint
 from spmctl.download.install import _cache_target
 from spmctl.errors import SpmctlError
@@ -20,26 +18,6 @@ from spmctl.errors import SpmctlError
 COMPVIS_URL = "nebulaanish/unlearn_models/resolve/main/compvis.zip"
 CANVAS_URL = "datasets/dipeshlav/sample-quick-unlearn-canvas/resolve/main/sample-quick-unlearn-canvas.zip"
 I2P_URL = "datasets/dipeshlav/sample_i2p_dataset/resolve/main/sample.zip"
-
-
-# ---------------------------------------------------------------- archive builders
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def everything(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def write_manifest(path: Path, url: str, data: bytes | None, *, archive: str = "zip",
-                   sha256: str | None = "auto", dest: str = "models/tiny", **extra: object) -> Path:
-    entry = {"kind": "archive", "url": url, "archive": archive, "dest": dest,
-             "size": len(data) if data is not None else None,
-             "sha256": sha(data) if sha256 == "auto" and data is not None else sha256, **extra}
-    path.write_text(yaml.safe_dump({"version": 1, "models": {"tiny": entry}, "datasets": {}}))
-    return path
 
 
 COMPVIS_ZIP = zip_bytes({"style50/compvis.ckpt": b"weights" * 5000, "README.txt": b"compvis"})
@@ -51,12 +29,7 @@ I2P_ZIP = zip_bytes({"sample/i2p.csv": b"prompt,categories,sd_seed\na riot,\"vio
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("SPMCTL_HUB_ENDPOINT", "HF_ENDPOINT", "SPMCTL_SOURCES"):
-        monkeypatch.delenv(var, raising=False)
-    cache_dir = tmp_path / "cache"
-    monkeypatch.setenv("SPMCTL_CACHE_DIR", str(cache_dir))
-    monkeypatch.setattr("spmctl.download.transfer.time.sleep", lambda _s: None)  # retries without waiting
-    return cache_dir
+    return isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -64,25 +37,6 @@ def root(tmp_path: Path) -> Path:
     out = tmp_path / "root"
     out.mkdir()
     return out
-
-
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args))
-
-
-def invoke_tiny(root: Path, endpoint: str, manifest: Path, *extra: str):  # type: ignore[no-untyped-def]
-    """Fetch the test manifest's `tiny` model from `endpoint` into `root`."""
-    return invoke("model", "tiny", "--dest", str(root), "--endpoint", endpoint, "--manifest", str(manifest),
-                  *extra)
-
-
-def error_line(result) -> str:  # type: ignore[no-untyped-def]
-    """The one line a user sees (the CLI's main prints SpmctlError messages)."""
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SpmctlError), result.output
-    message = str(result.exception)
-    assert "\n" not in message
-    return message
 
 
 # ---------------------------------------------------------------- end to end
@@ -101,7 +55,7 @@ def test_seed_layout_from_builtin_manifest(root: Path, cache: Path, monkeypatch:
     canvas = root / "data/quick-canvas-dataset/sample"
     assert (canvas / "Abstractionism/Dogs/2.jpg").read_bytes() == b"AbstractionismDogs2"
     assert (root / "data/i2p-dataset/sample/i2p.csv").is_file()
-    assert sorted(p.name for p in root.rglob(".*")) == []  # no temp folders left
+    assert sorted(p.name for p in root.rglob(".*")) == [".spmctl-downloads.json"]  # the record, no temp folders
     assert [p for p in cache.rglob("*") if p.is_file()] == []  # archives removed after extraction
 
     # the downloaded data is what the providers read
@@ -121,10 +75,9 @@ def test_second_run_is_a_noop_and_force_refetches(root: Path, cache: Path) -> No
         assert again.exit_code == 0 and "already present" in again.stderr
         assert again.stdout.strip() == str(root / "models/compvis")
         assert len(server.gets(COMPVIS_URL)) == 1
-        (root / "models/compvis/stale.txt").write_text("old")
+        (root / "models/compvis/README.txt").write_text("changed")
         assert invoke(*args, "--force").exit_code == 0
         assert len(server.gets(COMPVIS_URL)) == 2
-    assert not (root / "models/compvis/stale.txt").exists()
     assert (root / "models/compvis/README.txt").read_bytes() == b"compvis"
 
 
@@ -334,7 +287,7 @@ def test_builtin_manifest_and_list(tmp_path: Path) -> None:
     with pytest.raises(SpmctlError, match=r"models\.x\.archive must be one of"):
         load_manifest(bad)
     bad.write_text("models:\n  x: {kind: archive, url: a.zip, archive: zip, dest: ../x}\n")
-    with pytest.raises(SpmctlError, match="relative path inside"):
+    with pytest.raises(SpmctlError, match="strictly inside --dest"):
         load_manifest(bad)
     with pytest.raises(SpmctlError, match="cannot read manifest"):
         load_manifest(tmp_path / "none.yaml")

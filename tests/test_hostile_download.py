@@ -6,12 +6,23 @@ Areas: archive escapes, destinations, integrity, deadlines, writers, free space.
 
 from __future__ import annotations
 
+import os
+import re
+import resource
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from helpers_archive import DOT_CHAIN, pathmax_chain, tar_entries, zip_entries
+from helpers_download import error_line, invoke_tiny, isolate, write_manifest
+from helpers_http import FileServer, serve
 
+from spmctl.download import load_manifest
 from spmctl.download.extract import ArchiveContentError, UnsafeArchiveError, safe_extract
+from spmctl.download.install import _cache_target
 
 # ---------------------------------------------------------------- archives (class 1)
 
@@ -106,3 +117,133 @@ def test_archive(case: str, tmp_path: Path) -> None:
     assert tree(dest) == []  # refused before writing, or emptied again
     assert tree(tmp_path / "box") == ["deeper", "deeper/dest"]  # nothing outside it either
     assert not Path("/tmp/evil").exists()
+
+
+# ---------------------------------------------------------------- destinations and writers (classes 2, 7)
+
+PAYLOAD = zip_entries([("file", "weights.bin", b"w" * 4000), ("file", "README.txt", b"tiny")])
+URL = "f/tiny.zip"
+
+
+def _install_first(root: Path, server: FileServer, manifest: Path) -> None:
+    assert invoke_tiny(root, server.url, manifest).exit_code == 0
+
+
+def _user_folder(root: Path, server: FileServer, manifest: Path) -> None:
+    (root / "models/tiny").mkdir(parents=True)
+    (root / "models/tiny/mine.txt").write_text("mine")
+
+
+def _user_file_added(root: Path, server: FileServer, manifest: Path) -> None:
+    _install_first(root, server, manifest)
+    (root / "models/tiny/mine.txt").write_text("mine")
+
+
+def _file_at_dest(root: Path, server: FileServer, manifest: Path) -> None:
+    (root / "models").mkdir()
+    (root / "models/tiny").write_text("mine")
+
+
+def _file_at_parent(root: Path, server: FileServer, manifest: Path) -> None:
+    (root / "models").write_text("mine")
+
+
+def _killed_run_left_a_stage(root: Path, server: FileServer, manifest: Path) -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # its pid now names no process
+    (root / "models" / f".tiny.spmctl-{proc.pid}-x1y2" / "half").mkdir(parents=True)
+
+
+def _disk_full_in_cache(root: Path, server: FileServer, manifest: Path) -> None:
+    # the kernel's own "no space left on device": the partial download is /dev/full
+    source = load_manifest(manifest).model("tiny")
+    assert source is not None
+    target = _cache_target(source, source.resolve_url(server.url), root.parent / "cache")
+    target.parent.mkdir(parents=True)
+    target.with_name(target.name + ".part").symlink_to("/dev/full")
+
+
+def _read_only_parent(root: Path, server: FileServer, manifest: Path) -> Callable[[], None]:
+    (root / "models").mkdir()
+    # root ignores permission bits; an immutable folder refuses it too (where chattr works)
+    if subprocess.run(["chattr", "+i", str(root / "models")], capture_output=True).returncode != 0:
+        if os.geteuid() == 0:
+            pytest.skip("no way to make a folder read-only for root here")
+        (root / "models").chmod(0o555)
+    return lambda: (subprocess.run(["chattr", "-i", str(root / "models")], capture_output=True),
+                    (root / "models").chmod(0o755))
+
+
+def _file_size_limit(root: Path, server: FileServer, manifest: Path) -> Callable[[], None]:
+    # Writes past RLIMIT_FSIZE fail like a full disk does (EFBIG instead of ENOSPC): the
+    # archive (small, compressed) downloads, its 4000-byte member cannot be written out.
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3000, old_limit[1]))
+
+    def undo() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    return undo
+
+
+@dataclass
+class DestCase:
+    expect: str | None  # a regex found in the one error line; None: it must succeed
+    setup: Callable[[Path, FileServer, Path], Callable[[], None] | None] | None = None
+    dest: str = "models/tiny"
+    force: bool = False
+    kept: dict[str, str] = field(default_factory=dict)  # user files that must be intact after the run
+    installed: bool = False  # whether models/tiny holds the download afterwards
+    downloads: int = 0  # GETs this run made (refusals happen before downloading)
+
+
+DESTINATIONS = {
+    "dest .": DestCase("strictly inside --dest", _user_folder, dest=".", force=True,
+                       kept={"models/tiny/mine.txt": "mine"}),
+    "dest ./": DestCase("strictly inside --dest", _user_folder, dest="./", force=True),
+    "dest models/..": DestCase("strictly inside --dest", dest="models/..", force=True),
+    "force on a folder spmctl did not install": DestCase(
+        "was not installed by `spmctl download`", _user_folder, force=True, kept={"models/tiny/mine.txt": "mine"}),
+    "force with a user file added": DestCase(
+        "'mine.txt' was not installed", _user_file_added, force=True, kept={"models/tiny/mine.txt": "mine"},
+        installed=True),
+    "force on its own install": DestCase(None, _install_first, force=True, installed=True, downloads=1),
+    "no force on a user folder": DestCase(None, _user_folder, kept={"models/tiny/mine.txt": "mine"}),
+    "file in the way at dest": DestCase("a file is in the way", _file_at_dest, kept={"models/tiny": "mine"}),
+    "file in the way above dest": DestCase("a file is in the way", _file_at_parent, kept={"models": "mine"}),
+    "read-only destination": DestCase("root/models: (operation not permitted|permission denied)", _read_only_parent),
+    "disk full while downloading": DestCase(".zip.part: no space left on device", _disk_full_in_cache, downloads=1),
+    "file too large while extracting": DestCase("root/models/tiny: file too large; nothing was installed",
+                                                _file_size_limit, downloads=1),
+    "leftover of a killed run": DestCase(None, _killed_run_left_a_stage, installed=True, downloads=1),
+}
+
+
+@pytest.mark.parametrize("case", list(DESTINATIONS))
+def test_destination(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    row = DESTINATIONS[case]
+    isolate(tmp_path, monkeypatch)
+    root = tmp_path / "root"
+    root.mkdir()
+    manifest = write_manifest(tmp_path / "m.yaml", URL, PAYLOAD, dest="models/tiny")
+    with serve({URL: PAYLOAD}) as server:
+        undo = row.setup(root, server, manifest) if row.setup else None
+        try:
+            write_manifest(manifest, URL, PAYLOAD, dest=row.dest)
+            before = len(server.gets(URL))
+            result = invoke_tiny(root, server.url, manifest, *(["--force"] if row.force else []))
+        finally:
+            if undo:
+                undo()
+        if row.expect is None:
+            assert result.exit_code == 0, result.output
+        else:
+            assert re.search(row.expect, error_line(result)), result.output
+        assert len(server.gets(URL)) - before == row.downloads
+    for rel, text in row.kept.items():
+        assert (root / rel).read_text() == text
+    assert (root / "models/tiny/weights.bin").is_file() == row.installed
+    leftovers = [p.name for p in root.rglob(".*") if p.name != ".spmctl-downloads.json"]
+    assert leftovers == []  # no staging folder, no half-installed copy
+    assert not (tmp_path / "weights.bin").exists() and not (tmp_path / "README.txt").exists()

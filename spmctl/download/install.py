@@ -12,6 +12,7 @@ so the destination tree is either complete or untouched.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import SpmctlError
 from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
 from .manifest import Source
-from .space import ensure_free_space
+from .record import check_replaceable, remember
+from .space import ensure_free_space, same_device
 from .transfer import DownloadError, Transfer, fetch
 
 if TYPE_CHECKING:
@@ -74,16 +76,47 @@ def is_present(dest: Path) -> bool:
     return dest.is_dir() and any(dest.iterdir())
 
 
+def _stage_prefix(dest: Path, kind: str = "") -> str:
+    # The pid in the name lets a later run tell a killed run's leftovers from a live one's.
+    return f".{dest.name}.spmctl-{kind}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Staging folders of runs that were killed (their pid is gone) are removed."""
+    if not dest.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.spmctl-(?:old-)?(\d+)-")
+    for entry in dest.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            remove_tree(entry)
+
+
 @contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
-    """A temp folder beside `dest`; on failure it and the parents this run made are removed."""
+    """A temp folder beside `dest`; on failure it and the parents this run made are removed.
+
+    It is made before anything is fetched, so an unwritable destination fails at once.
+    """
     missing = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.spmctl-", dir=dest.parent))
+    stage = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(dest), dir=dest.parent))
         yield stage
     except BaseException:
-        remove_tree(stage)
+        if stage is not None:
+            remove_tree(stage)
         for parent in missing:  # deepest first; only folders still empty
             try:
                 parent.rmdir()
@@ -97,7 +130,7 @@ def _move_into_place(content: Path, dest: Path) -> None:
     """Rename `content` to `dest`, replacing an existing `dest` only once the new one is ready."""
     old = None
     if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.spmctl-old-{os.getpid()}")
+        old = dest.with_name(_stage_prefix(dest, "old-") + "0")
         dest.rename(old)
     try:
         content.rename(dest)
@@ -141,17 +174,20 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
     def check_space(remaining: int | None) -> None:
         remaining = remaining if remaining is not None else (source.approx_size or 0)
         total = source.size or source.approx_size or remaining
-        # The archive lands in the cache, then expands beside the destination.
-        ensure_free_space({opts.cache_dir: remaining, dest.parent: total})
+        needs = {opts.cache_dir: remaining}
+        # An archive's contents sit beside it until it is deleted (estimated at the archive's
+        # size); a plain file is moved, which costs nothing more on the cache's own disk.
+        if source.fetch == "archive" or not same_device(opts.cache_dir, dest.parent):
+            needs[dest.parent] = needs.get(dest.parent, 0) + total
+        ensure_free_space(needs)
 
-    with _progress(console) as bar:
-        task = bar.add_task(f"{source.label}", total=source.size or source.approx_size)
-        archive = fetch(job, retries=opts.retries, backoff=opts.backoff, before_write=check_space,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total))
-
-    verb = "extracting" if source.fetch == "archive" else "placing"
-    console.print(f"{verb} {source.filename} → {dest}")
     with _staging(dest) as stage:
+        with _progress(console) as bar:
+            task = bar.add_task(f"{source.label}", total=source.size or source.approx_size)
+            archive = fetch(job, retries=opts.retries, backoff=opts.backoff, before_write=check_space,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        verb = "extracting" if source.fetch == "archive" else "placing"
+        console.print(f"{verb} {source.filename} → {dest}")
         if source.fetch == "archive":
             size = archive.stat().st_size
             try:
@@ -163,7 +199,7 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
             content = unwrap_single_folder(stage, source.unwrap)
         else:
             content = stage
-            shutil.copy2(archive, stage / source.filename)
+            shutil.move(archive, stage / source.filename)
         _move_into_place(content, dest)
     archive.unlink(missing_ok=True)  # only now: the extraction is verified and in place
 
@@ -185,6 +221,12 @@ def _install_hub(source: Source, dest: Path, opts: Options, console: Console) ->
         _move_into_place(stage, dest)
 
 
+_WHY = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a file is in the way", errno.EEXIST: "a file is in the way",
+        errno.EFBIG: "file too large", errno.EDQUOT: "disk quota exceeded"}
+
+
 def install(source: Source, opts: Options, console: Console | None = None) -> Result:
     """Fetch `source` under `opts.root`, or report it as already present."""
     if console is None:
@@ -192,14 +234,27 @@ def install(source: Source, opts: Options, console: Console | None = None) -> Re
 
         console = Console(stderr=True, quiet=opts.quiet)
     dest = opts.root / source.dest
-    if is_present(dest) and not opts.force:
-        return Result(dest, "present")
+    if dest.exists() and not dest.is_dir():
+        raise SpmctlError(f"cannot install into {dest}: a file is in the way (it is left as it is)")
+    if is_present(dest):
+        if not opts.force:
+            return Result(dest, "present")
+        check_replaceable(opts.root, source, dest)
     try:
+        _remove_leftovers(dest)
         if source.fetch == "hub":
             _install_hub(source, dest, opts, console)
         else:
             _install_http(source, dest, opts, console)
     except OSError as exc:
-        where = exc.filename or dest
-        raise SpmctlError(f"cannot write {where}: {exc.strerror or exc}") from None
+        where = Path(exc.filename) if exc.filename else dest
+        if where.name.startswith(f".{dest.name}.spmctl-"):
+            where = where.parent  # the staging folder could not be made: its folder is the problem
+        elif ".spmctl-" in str(where) and where.is_relative_to(dest.parent):
+            where = dest  # a file inside the staging folder: the user knows the destination
+        why = _WHY.get(exc.errno or 0, exc.strerror or str(exc))
+        raise SpmctlError(f"cannot write {where}: {why}; nothing was installed") from None
+    warning = remember(opts.root, source, dest)
+    if warning:
+        console.print(warning)
     return Result(dest, "fetched")

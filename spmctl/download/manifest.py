@@ -122,8 +122,12 @@ def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
     if fetch not in KINDS:
         raise SpmctlError(f"manifest: {where}.kind must be one of {', '.join(KINDS)}, got {fetch!r}")
     dest = raw.get("dest")
-    if not dest or PurePosixPath(dest).is_absolute() or ".." in PurePosixPath(dest).parts:
-        raise SpmctlError(f"manifest: {where}.dest must be a relative path inside --dest, got {dest!r}")
+    parts = PurePosixPath(dest).parts if isinstance(dest, str) else ()
+    # A strict subfolder: `.` (or an empty path) would make --dest itself the thing replaced.
+    if not parts or PurePosixPath(dest).is_absolute() or ".." in parts or "\\" in dest:
+        raise SpmctlError(f"manifest: {where}.dest must be a folder strictly inside --dest "
+                          f"(relative, no '..'), got {dest!r}")
+    dest = "/".join(parts)
     if fetch in ("archive", "file") and not raw.get("url"):
         raise SpmctlError(f"manifest: {where}.url is required for kind {fetch}")
     if fetch == "hub" and not raw.get("repo_id"):

@@ -33,11 +33,18 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(_existing_ancestor(path)).free
 
 
+def same_device(a: Path, b: Path) -> bool:
+    import os
+
+    return os.stat(_existing_ancestor(a)).st_dev == os.stat(_existing_ancestor(b)).st_dev
+
+
 def ensure_free_space(needs: dict[Path, int]) -> None:
     """Fail before writing when the disks cannot hold what is about to be written.
 
     `needs` maps a path to the bytes that will land under it; paths on the same
-    file system add up, so a cache and a destination on one disk are checked together.
+    file system add up (each byte once: callers count a moved file on one side only),
+    and HEADROOM is kept free on top, which the message says.
     """
     import os
 
@@ -51,5 +58,6 @@ def ensure_free_space(needs: dict[Path, int]) -> None:
         free = free_bytes(anchor)
         if need + HEADROOM > free:
             raise SpmctlError(
-                f"not enough free space on {anchor}: need {human_size(need)}, {human_size(free)} free"
+                f"not enough free space on {anchor}: need {human_size(need)} plus {human_size(HEADROOM)} "
+                f"kept free, {human_size(free)} free"
             )

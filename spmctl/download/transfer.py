@@ -92,6 +92,15 @@ def _chunks(resp) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
         yield block
 
 
+def _write_all(out, chunk: bytes, part: Path) -> None:  # type: ignore[no-untyped-def]
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[out.write(view):]
+    except OSError as exc:  # name the file (a bare ENOSPC from write() has none)
+        raise OSError(exc.errno, exc.strerror, str(part)) from None
+
+
 def fetch(
     job: Transfer,
     *,
@@ -156,11 +165,12 @@ def fetch(
                     if hasher is None:
                         hasher = _hash_prefix(job.part) if resuming else hashlib.sha256()
                     _write_validator(job, resp.headers)
-                    with job.part.open("ab" if resuming else "wb") as out:
+                    # Unbuffered: a full disk fails the write that hit it, naming the file.
+                    with job.part.open("ab" if resuming else "wb", buffering=0) as out:
                         if progress:
                             progress(have, total)
                         for chunk in _chunks(resp):
-                            out.write(chunk)
+                            _write_all(out, chunk, job.part)
                             hasher.update(chunk)
                             received += len(chunk)
                             if progress:
