@@ -51,7 +51,7 @@ def test_override_order_default_file_env_command_line(tmp_path: Path):
     cfg.write_text("train:\n  lr: 0.1\n  iterations: 7\nnetwork:\n  rank: 2\n")
     env = {"SPMCTL_TRAIN__LR": "0.2", "SPMCTL_NETWORK__RANK": "3"}
     shown = print_config("-c", str(cfg), "--set", "train.lr=0.3", env=env)
-    assert shown["train.lr"] == (0.3, "command line")
+    assert shown["train.lr"] == (0.3, "command line (--set train.lr=0.3)")
     assert shown["network.rank"] == (3, "environment (SPMCTL_NETWORK__RANK, SPMCTL_TRAIN__LR)")
     assert shown["train.iterations"] == (7, str(cfg))
     assert shown["train.max_denoising_steps"] == (30, "default")

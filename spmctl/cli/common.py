@@ -19,20 +19,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; err
 
 
 def collect_overrides(flags: dict[str, Any], assignments: list[str] | None) -> dict[str, Any]:
-    """Named flags (dotted keys, None = not given) and `--set` items as one nested dict.
+    """Named flags (dotted keys, None = not given) and `--set` items as one nested dict (see
+    `config.loader.collect_overrides`: each `--set` item stays a source of its own)."""
+    from ..config.loader import collect_overrides as collect
 
-    `--set` items come last so they win over a named flag for the same key.
-    """
-    from ..config.loader import deep_merge, nest, parse_assignment
-
-    merged: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is not None:
-            merged = deep_merge(merged, nest(key.split("."), value))
-    for item in assignments or []:
-        path, value = parse_assignment(item)
-        merged = deep_merge(merged, nest(path, value))
-    return merged
+    return collect(flags, assignments)
 
 
 def stderr_console(quiet: bool = False) -> Console:

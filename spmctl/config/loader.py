@@ -21,9 +21,11 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from ..errors import ConfigError
+from .yamlsafe import YAMLBoundError, safe_load_bounded
 
 ENV_PREFIX = "SPMCTL_"
 DEFAULT = "default"
@@ -47,7 +49,8 @@ class CommandSettings(BaseSettings):
     """Base of every command's configuration model."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
+        allow_inf_nan=False,  # a NaN gate or guidance scale renders black images and exits 0
     )
 
     @classmethod
@@ -78,7 +81,9 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config error: {path}: cannot read: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load_bounded(text)
+    except YAMLBoundError as exc:
+        raise ConfigError(f"config error: {path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -92,7 +97,9 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"config error: --set {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = safe_load_bounded(raw) if raw.strip() else raw
+    except YAMLBoundError as exc:
+        raise ConfigError(f"config error: --set {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -127,18 +134,71 @@ def _leaves(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def env_values(model: type[CommandSettings]) -> dict[str, Any]:
-    return EnvSettingsSource(model)()
+    try:
+        return EnvSettingsSource(model)()
+    except SettingsError as exc:
+        raise ConfigError(_env_error(str(exc))) from None
 
 
-def provenance(sources: list[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
-    """Dotted key -> the name of the highest source that set it (sources lowest first)."""
-    origin: dict[str, str] = {}
+def _env_error(message: str) -> str:
+    """pydantic-settings says only which field failed; name the variable and where its JSON breaks."""
+    import json
+    import os
+    import re
+
+    field = re.search(r'field "([^"]+)"', message)
+    name = ENV_PREFIX + (field.group(1).upper() if field else "*")
+    raw = next((v for k, v in os.environ.items() if k.upper() == name), None)
+    try:
+        json.loads(raw or "")
+    except ValueError as exc:
+        return (f"config error: environment ({name}): not valid JSON ({exc}); a section or list is "
+                f"given as JSON, e.g. {ENV_PREFIX}TRAIN='{{\"lr\": 0.0001}}'")
+    return f"config error: environment ({name}): {message}"
+
+
+class Provenance(dict[str, str]):
+    """Dotted leaf key -> the source that set it, plus `sections`: dotted section -> the highest
+    source that set anything inside it (so a lookup costs the key's depth, not the config's size)."""
+
+    sections: dict[str, str]
+
+
+def provenance(sources: list[tuple[str, Mapping[str, Any]]]) -> Provenance:
+    """Where every value came from (sources lowest first), in time linear in the number of leaves.
+
+    Mirrors `deep_merge`: a higher source's section merges into a lower one's; anything else it sets
+    (a value, a list, or a section where the lower source had a value) replaces what was there."""
+    tree: dict[str, Any] = {}
     for name, values in sources:
         for key in _leaves(values):
-            origin[key] = name
-            # a higher source that sets a whole section hides lower keys inside it
-            for other in [k for k in origin if k.startswith(key + ".")]:
-                origin[other] = name
+            node = tree
+            *parents, last = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if not isinstance(child, dict):  # a lower source's value is replaced by a section
+                    child = node[part] = {}
+                node = child
+            node[last] = name  # also hides a lower source's keys inside this one
+    origin = Provenance()
+    origin.sections = {}
+    rank = {name: i for i, (name, _) in enumerate(sources)}
+    pending: list[tuple[str, dict[str, Any]]] = [("", tree)]
+    while pending:
+        prefix, node = pending.pop()
+        for part, child in node.items():
+            dotted = prefix + part
+            if isinstance(child, dict):
+                pending.append((dotted + ".", child))
+                continue
+            origin[dotted] = child
+            section = dotted.rpartition(".")[0]
+            while section:
+                known = origin.sections.get(section)
+                if known is not None and rank[known] >= rank[child]:
+                    break  # that section and those above it already name a source this high
+                origin.sections[section] = child
+                section = section.rpartition(".")[0]
     return origin
 
 
@@ -151,10 +211,16 @@ def source_of(origin: Mapping[str, str], dotted: str) -> str:
     for key in candidates:
         if key in origin:
             return origin[key]
-    for key in candidates:  # a whole section set by one source, or a key inside the value
-        for known in sorted(origin, key=len, reverse=True):
-            if key.startswith(known + ".") or known.startswith(key + "."):
-                return origin[known]
+    for key in candidates:  # a whole section (or list) set by one source that holds this key
+        section = key.rpartition(".")[0]
+        while section:
+            if section in origin:
+                return origin[section]
+            section = section.rpartition(".")[0]
+    sections = getattr(origin, "sections", {})
+    for key in candidates:  # a section: the highest source that set anything in it
+        if key in sections:
+            return sections[key]
     return DEFAULT
 
 
@@ -198,10 +264,11 @@ def format_validation_error(
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys here: {', '.join(keys)}"
         return f"config error: {source}: unknown key {dotted!r}{hint}{more}"
-    msg = err["msg"]
-    if not dotted:
+    msg = err["msg"].removeprefix("Value error, ")
+    if not dotted:  # a whole-model check; its message starts with the key it is about ("seeds: ...")
+        key = msg.partition(":")[0]
+        source = source_of(origin, key) if key in model.model_fields else source
         return f"config error: {source}: {msg}{more}"
-    msg = msg.removeprefix("Value error, ")
     value = err.get("input")
     if isinstance(value, Mapping | list):  # a whole section: the message names the keys
         return f"config error: {source}: {dotted}: {msg}{more}"
@@ -215,19 +282,51 @@ def build_config(
     cli_values: Mapping[str, Any],
     normalise: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> tuple[C, dict[str, str]]:
-    """Validate defaults < file < env < command line into `model`; return it and its provenance."""
+    """Validate defaults < file < env < command line into `model`; return it and its provenance.
+
+    `cli_values` may carry `layers` (see `collect_overrides`): then each `--set` item is its own
+    source, so an error in it names it rather than the command line as a whole."""
     env = env_values(model)
+    layers = list(getattr(cli_values, "layers", None) or [(COMMAND_LINE, cli_values)])
     if normalise is not None:
         env = normalise(dict(env), "environment")
         cli_values = normalise(dict(cli_values), COMMAND_LINE)
+        layers = [(name, normalise(dict(values), name)) for name, values in layers]
     env_names = sorted(ENV_PREFIX + k.replace(".", "__").upper() for k in _leaves(env))
     env_label = "environment (" + ", ".join(env_names) + ")"
-    origin = provenance([(file_label, file_values), (env_label, env), (COMMAND_LINE, cli_values)])
+    origin = provenance([(file_label, file_values), (env_label, env), *layers])
     token = _file_values.set(dict(file_values))
     try:
         config = model(**cli_values)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, origin)) from None
+    except SettingsError as exc:
+        raise ConfigError(_env_error(str(exc))) from None
     finally:
         _file_values.reset(token)
     return config, origin
+
+
+class Overrides(dict[str, Any]):
+    """Command-line values merged into one nested dict, and `layers`: (source name, values), lowest
+    first - the named flags, then each `--set` item."""
+
+    layers: list[tuple[str, dict[str, Any]]]
+
+
+def collect_overrides(flags: Mapping[str, Any], assignments: list[str] | None) -> Overrides:
+    """Named flags (dotted keys, None = not given) and `--set` items as one nested dict.
+
+    `--set` items come last so they win over a named flag for the same key."""
+    named: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            named = deep_merge(named, nest(key.split("."), value))
+    merged = Overrides(named)
+    merged.layers = [(COMMAND_LINE, named)]
+    for item in assignments or []:
+        path, value = parse_assignment(item)
+        one = nest(path, value)
+        merged.update(deep_merge(merged, one))
+        merged.layers.append((f"{COMMAND_LINE} (--set {item})", one))
+    return merged

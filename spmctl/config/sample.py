@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..errors import ConfigError
 from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
-from .train import _precision
+from .train import MAX_SEED, Seed, _precision, multiple_of_8
 
 FT_METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
 
@@ -80,7 +81,7 @@ class SampleConfig(CommandSettings):
     guidance: float = Field(7.5, ge=0, description="classifier-free guidance scale (<= 1: no CFG)")
     width: int = Field(512, gt=0)
     height: int = Field(512, gt=0)
-    seeds: list[int] = Field(
+    seeds: list[Seed] = Field(
         default_factory=lambda: [0],
         description="one image set per seed; image i of seed s uses generator seed s+i",
     )
@@ -107,15 +108,29 @@ class SampleConfig(CommandSettings):
     def _optional_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str | int | float) else value
 
-    @field_validator("width", "height")
+    _size = field_validator("width", "height")(multiple_of_8)
+
+    @field_validator("device")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 (got {value})")
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        kind, _, index = value.partition(":")
+        if value in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("dataset_options")
+    @classmethod
+    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        limit = value.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a whole number >= 0, not {limit!r}")
         return value
 
     @model_validator(mode="after")
     def _check(self) -> SampleConfig:
+        if any(s + self.images_per_prompt - 1 > MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds: image i of seed s uses seed s+i, which must stay <= {MAX_SEED}")
         if self.multiplier is not None and self.spms and len(self.multiplier) not in (1, len(self.spms)):
             raise ValueError(
                 f"multiplier: give one value or one per SPM ({len(self.spms)}), not {len(self.multiplier)}"
@@ -128,11 +143,21 @@ class SampleConfig(CommandSettings):
         return self
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
+        """The device to run on; one that this machine does not have is a ConfigError."""
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(self.device.partition(":")[2] or 0)
+            if index >= count:
+                have = f"{count} CUDA device{'s' * (count != 1)}" if count else "no usable CUDA device"
+                raise ConfigError(f"config error: device = {self.device!r}: this machine has {have} "
+                                  f"(torch {torch.__version__}); use --device cpu or auto")
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("config error: device = 'mps': MPS is not available here; use --device cpu or auto")
+        return self.device
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":
@@ -166,8 +191,6 @@ def load_sample_config(
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            from ..errors import ConfigError
-
             raise ConfigError(f"config error: {path}: expected a mapping of keys, got {type(raw).__name__}")
         file_values = _normalise(raw, str(path))
         label = str(path)

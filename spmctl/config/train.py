@@ -8,7 +8,7 @@ YAML list of prompt settings, `pretrained_model.name_or_path`, `save.path`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,10 +22,20 @@ OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "lion", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                  "polynomial")
 NOISE_SCHEDULERS = ("ddim", "ddpm", "lms", "euler_a")
+# torch generators take 64-bit seeds; a larger one fails deep inside a run
+MAX_SEED = 2**64 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def multiple_of_8(value: int) -> int:
+    """Image sizes: the VAE halves them three times."""
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (got {value})")
+    return value
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _precision(value: Any) -> Any:
@@ -133,9 +143,10 @@ class PromptSettings(Section):
                 f"sampling_batch_size ({self.sampling_batch_size}) must be a multiple of "
                 f"batch_size ({self.batch_size})"
             )
-        if self.resolution % 8:
-            raise ValueError(f"resolution ({self.resolution}) must be a multiple of 8")
         return self
+
+    # a field check (not in _check), so the error names the key and the source that set it
+    _res = field_validator("resolution")(multiple_of_8)
 
     def resolved(self, fallback_target: str | None = None) -> PromptSettings:
         """Fill the documented defaults: positive = target, neutral = unconditional."""
@@ -172,7 +183,7 @@ class TrainConfig(CommandSettings):
         "'ddp' trains each membrane data-parallel over all of them")
     output_dir: str = "outputs/semipermeable_membrane/finetuned_models"
     verbose: bool = False
-    seed: int = Field(0, description="random seed of the run")
+    seed: Seed = Field(0, description="random seed of the run")
     resume: bool = Field(False, description="continue from the latest checkpoint in output_dir")
 
     @field_validator("prompt", mode="before")
@@ -250,7 +261,7 @@ def load_train_config(
     def normalise(values: dict[str, Any], source: str) -> dict[str, Any]:
         return _normalise_original(values, source, Path.cwd())
 
-    return build_config(TrainConfig, file_values, label, dict(cli_values or {}), normalise)
+    return build_config(TrainConfig, file_values, label, cli_values or {}, normalise)
 
 
 __all__ = ["TrainConfig", "PromptSettings", "load_train_config", "COMMAND_LINE", "OPTIMIZERS",
