@@ -1,4 +1,4 @@
-"""Shared fixtures: the installed `spmctl` as a subprocess, and the tiny model."""
+"""Shared fixtures: the installed `spmctl` as a subprocess, the tiny model, plugin packages."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 # Tiny models run faster on one thread, and on a shared 2-core machine several threads per
 # process thrash; subprocesses (the installed `spmctl`) inherit this too.
@@ -76,3 +77,58 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from spmctl.models.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+def pip_install_plugins(site: Path, tmp: Path, *names: str) -> Path:
+    """Packages of tests/plugin_pkgs pip-installed into `site`, a folder to put on PYTHONPATH, as a
+    user's `pip install` would (real entry points, real distribution metadata)."""
+    import shutil
+
+    for name in names:
+        source = tmp / name  # build outside the repo: no build/ left in tests/
+        shutil.copytree(TESTS / "plugin_pkgs" / name, source)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+             "--target", str(site), str(source)],
+            check=True, capture_output=True, text=True,
+        )
+    return site
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example and the broken plugin, installed into a folder put on PYTHONPATH."""
+    return pip_install_plugins(tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src"),
+                               "spmctl-example-plugin", "spmctl-broken-plugin")
+
+
+def write_sample_folder(folder: Path, images: list[tuple[Any, dict[str, Any]]],
+                        spms: list[str] | None = None, concepts: list[list[str]] | None = None) -> Path:
+    """A folder as `spmctl sample` leaves it: PNGs (H×W×3 float arrays) with metadata and
+    manifest.jsonl, written by sampling's own writers."""
+    from spmctl.sampling.output import ManifestWriter, save_png
+
+    writer = ManifestWriter(folder, {})
+    names = []
+    for i, (pixels, fields) in enumerate(images):
+        prompt = fields.get("prompt", f"prompt {i}")
+        record = {
+            "file": f"img_{i:03d}.png", "prompt": prompt, "seed": fields.get("seed", 0), "index": 0,
+            "image_seed": fields.get("seed", 0), "guidance": 7.5, "width": pixels.shape[1],
+            "height": pixels.shape[0], "steps": 2, "spms": spms or [], "spm_sha256": ["0" * 64] * len(spms or []),
+            "gates": [1.0] * len(spms or []), "concepts": concepts or [], "negative_prompt": "", "model": "tiny",
+            "noise_scheduler": "ddim", "ft_compat": "fixed", "clip_skip": None, "precision": "fp32", "ft": True,
+            "ft_metric": "clip", "categories": fields.get("categories", []), "concept": fields.get("concept"),
+        }
+        save_png(folder / record["file"], pixels, record)
+        writer.add(record)
+        names.append(record["file"])
+    writer.finish(names)
+    return folder
+
+
+def flat(rgb: tuple[float, float, float], size: int = 32) -> Any:
+    """A one-colour image as sampling's writers take it (H×W×3 floats in [0, 1])."""
+    import numpy as np
+
+    return np.broadcast_to(np.array(rgb, dtype=np.float32), (size, size, 3)).copy()

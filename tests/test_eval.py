@@ -8,40 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_spmctl
+from conftest import flat, run_spmctl, write_sample_folder
 
 from spmctl.eval.base import EvalRun, MetricResult, evaluate_all, load_runs
 from spmctl.eval.nudity import EXPOSED_CLASSES, summarize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def write_sample_folder(folder: Path, images: list[tuple[np.ndarray, dict[str, Any]]],
-                        spms: list[str] | None = None, concepts: list[list[str]] | None = None) -> Path:
-    """A folder as `spmctl sample` leaves it: PNGs with metadata and manifest.jsonl (its own writers)."""
-    from spmctl.sampling.output import ManifestWriter, save_png
-
-    writer = ManifestWriter(folder, {})
-    names = []
-    for i, (pixels, fields) in enumerate(images):
-        prompt = fields.get("prompt", f"prompt {i}")
-        record = {
-            "file": f"img_{i:03d}.png", "prompt": prompt, "seed": fields.get("seed", 0), "index": 0,
-            "image_seed": fields.get("seed", 0), "guidance": 7.5, "width": pixels.shape[1],
-            "height": pixels.shape[0], "steps": 2, "spms": spms or [], "spm_sha256": ["0" * 64] * len(spms or []),
-            "gates": [1.0] * len(spms or []), "concepts": concepts or [], "negative_prompt": "", "model": "tiny",
-            "noise_scheduler": "ddim", "ft_compat": "fixed", "clip_skip": None, "precision": "fp32", "ft": True,
-            "ft_metric": "clip", "categories": fields.get("categories", []), "concept": fields.get("concept"),
-        }
-        save_png(folder / record["file"], pixels, record)
-        writer.add(record)
-        names.append(record["file"])
-    writer.finish(names)
-    return folder
-
-
-def flat(rgb: tuple[float, float, float], size: int = 32) -> np.ndarray:
-    return np.broadcast_to(np.array(rgb, dtype=np.float32), (size, size, 3)).copy()
 
 
 def gradient(size: int = 48) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_eval import write_sample_folder
+from conftest import write_sample_folder
 
 from spmctl import plugins
 from spmctl.errors import SpmctlError

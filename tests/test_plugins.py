@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
+import json
 from pathlib import Path
 
-import pytest
-from conftest import TESTS, run_spmctl
+from conftest import run_spmctl
 
 from spmctl import plugins
 from spmctl.hookspecs import hookimpl
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example and the broken plugin, pip-installed into a folder put on PYTHONPATH."""
-    site = tmp_path_factory.mktemp("site")
-    for name in ("spmctl-example-plugin", "spmctl-broken-plugin"):
-        source = tmp_path_factory.mktemp("src") / name  # build outside the repo: no build/ left in tests/
-        shutil.copytree(TESTS / "plugin_pkgs" / name, source)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "--target", str(site), str(source)],
-            check=True, capture_output=True, text=True,
-        )
-    return site
-
-
-def test_builtin_providers_come_through_the_entry_point_group():
+def test_builtin_providers_are_default_plugins():
+    """spmctl's own datasets, templates and metrics come through the plugin manager, by their plugins."""
     infos = {i.name: i for i in plugins.plugin_infos()}
-    for name in ("unlearncanvas", "i2p", "prompts", "templates"):
-        assert infos[name].package == "spmctl" and infos[name].error is None
+    for name in plugins.DEFAULT_PLUGINS:
+        assert infos[name].package == "spmctl" and infos[name].builtin and infos[name].error is None
     assert {"unlearncanvas", "i2p", "prompts"} <= set(plugins.get_datasets())
     assert {"style", "object", "i2p", "concept"} <= set(plugins.get_templates())
+    assert {"nudity", "unlearncanvas", "clip_score", "fid", "cost"} <= set(plugins.get_metrics())
+    assert plugins.provider_owner("register_metrics", "nudity") == "eval-nudity"
+    assert plugins.provider_owner("register_templates", "concept") == "templates"
 
 
 def test_third_party_plugin_listed_and_usable(plugin_site: Path, tmp_path: Path):
@@ -43,11 +29,14 @@ def test_third_party_plugin_listed_and_usable(plugin_site: Path, tmp_path: Path)
     assert listing.returncode == 0, listing.stderr
     assert "example-colors" in listing.stdout and "spmctl-example-plugin" in listing.stdout
     assert "0.1.0" in listing.stdout
-    # usable: the third-party template drives a real config
-    shown = run_spmctl("train", "--template", "example-color", "--template_name", "red",
-                       "--dataset_type", "example-colors", "--print-config", env=env)
-    assert shown.returncode == 0, shown.stderr
-    assert "template: example-color  # command line" in shown.stdout
+    # usable: the third-party dataset gives `spmctl sample` its prompts (unknown without the plugin)
+    out = tmp_path / "colors"
+    made = run_spmctl("sample", "-m", "tiny", "--dataset", "example-colors", "--steps", "1", "-W", "64", "-H", "64",
+                      "-o", str(out), "-q", env=env)
+    assert made.returncode == 0, made.stderr
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["concept"]) for r in records] == [("a red square", "red")]
+    assert (out / records[0]["file"]).is_file()
 
 
 def test_broken_plugin_is_reported_and_cli_keeps_working(plugin_site: Path):

@@ -1,0 +1,1 @@
+"""Plugins that misbehave on purpose, one module per way (tests only)."""

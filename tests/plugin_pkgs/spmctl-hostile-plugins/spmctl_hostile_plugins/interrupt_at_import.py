@@ -1,0 +1,3 @@
+"""Raises KeyboardInterrupt at import, as if Ctrl-C had been pressed."""
+
+raise KeyboardInterrupt
