@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import SpmctlError
-from . import download, eval_cmd, export, plugins_cmd, sample, train
+from . import attack, download, eval_cmd, export, plugins_cmd, sample, train
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ def main_callback(
 
 app.command("train", help=train.train.__doc__)(train.train)
 app.command("sample", help=sample.sample.__doc__)(sample.sample)
+app.command("attack", help=attack.attack.__doc__)(attack.attack)
 app.add_typer(export.app, name="export", help="Export membranes: LoRA files, merged membranes or models.")
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")

@@ -182,8 +182,9 @@ def _normalise(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def load_sample_config(
-    path: str | Path | None, overrides: dict[str, Any]
+    path: str | Path | None, overrides: dict[str, Any], model: type[SampleConfig] = SampleConfig
 ) -> tuple[SampleConfig, dict[str, str]]:
+    """`model`: SampleConfig, or a command's subclass of it (`spmctl attack`'s)."""
     file_values: dict[str, Any] = {}
     label = "defaults"
     if path is not None:
@@ -194,7 +195,7 @@ def load_sample_config(
             raise ConfigError(f"config error: {path}: expected a mapping of keys, got {type(raw).__name__}")
         file_values = _normalise(raw, str(path))
         label = str(path)
-    return build_config(SampleConfig, file_values, label, overrides, normalise=_normalise)
+    return build_config(model, file_values, label, overrides, normalise=_normalise)
 
 
 __all__ = ["SampleConfig", "load_sample_config", "FT_METRICS", "COMMAND_LINE"]

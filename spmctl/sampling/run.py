@@ -73,6 +73,12 @@ def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
 _KEEP_EMBEDS_BYTES = 256 * 2**20
 
 
+def ft_scaling(cfg: SampleConfig) -> tuple[float, bool]:
+    """FT's gate factor and clipping; the original neither clips nor scales, so compat mode doesn't."""
+    original = cfg.ft_compat == "original"
+    return (1.0 if original else cfg.facilitate_factor), not original
+
+
 def compute_gates(
     cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -90,16 +96,15 @@ def compute_gates(
     size = len(prompts) * 77 * model.text_encoder.config.hidden_size * 4
     if cfg.clip_skip <= 1 and size <= _KEEP_EMBEDS_BYTES:
         embeds = encode_prompts(model.tokenizer, model.text_encoder, prompts)
-    # the original neither clips nor scales: reproduce it exactly in compat mode
-    original = cfg.ft_compat == "original"
+    factor, clip = ft_scaling(cfg)
     gates = ft_gates(
         model.tokenizer,
         model.text_encoder,
         prompts,
         [s.concepts for s in spms],
         metric=cfg.ft_metric,
-        factor=1.0 if original else cfg.facilitate_factor,
-        clip=not original,
+        factor=factor,
+        clip=clip,
         prompt_embeds=embeds,
     )
     return gates, embeds
