@@ -90,10 +90,8 @@ def plan_items(cfg: AttackConfig, spms: list[Any]) -> list[Item]:
 
 def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = False) -> Path:
     from ..models.loading import load_sd_model
-    from ..sampling.generate import Generator, build_pipeline
     from ..sampling.stack import MembraneStack, load_spms
     from ..scale.shard import SampleShard, for_this_rank
-    from .gates import StepGates
     from .report import write_summary
     from .tokens import SlotPrompts
 
@@ -110,12 +108,7 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
     out = Path(cfg.output_dir)
     share = SampleShard.open(out)
     try:
-        vocab = word_vocab(model.tokenizer)
-        table = model.text_encoder.get_input_embeddings().weight.detach()[vocab.ids.to(model.text_encoder.device)]
-        generator = Generator(model, build_pipeline(model, cfg.noise_scheduler, cfg.v_pred), cfg.negative_prompt,
-                              cfg.clip_skip, cfg.steps)
-        ctx = Context(cfg, model, spms, stack, StepGates(cfg, model, spms), vocab, table, generator, cfg.v_pred)
-        Attack(ctx, out, console, quiet).run(share.take(items))
+        Attack(build_context(cfg, model, spms, stack), out, console, quiet).run(share.take(items))
     finally:
         if stack is not None:
             stack.close()
@@ -123,6 +116,17 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
     if share.is_main:
         write_summary(out, cfg, [it.name for it in items])
     return out
+
+
+def build_context(cfg: AttackConfig, model: Any, spms: list[Any], stack: Any) -> Context:
+    from ..sampling.generate import Generator, build_pipeline
+    from .gates import StepGates
+
+    vocab = word_vocab(model.tokenizer)
+    table = model.text_encoder.get_input_embeddings().weight.detach()[vocab.ids.to(model.text_encoder.device)]
+    generator = Generator(model, build_pipeline(model, cfg.noise_scheduler, cfg.v_pred), cfg.negative_prompt,
+                          cfg.clip_skip, cfg.steps)
+    return Context(cfg, model, spms, stack, StepGates(cfg, model, spms), vocab, table, generator, cfg.v_pred)
 
 
 class Attack:
@@ -176,6 +180,10 @@ class Attack:
                 if it.state is not None:
                     self.console.print(f"{it.label}: continuing from step {it.step}")
             pending.append(it)
+        from .targets import given_target
+
+        for it in pending:  # a wrong target image fails now, not after the originals are made
+            given_target(self.cfg, it)
         if len(pending) < len(items):
             self.console.print(f"{len(items) - len(pending)} of {len(items)} prompts already attacked: skipped")
         self.judge_originals([it for it in pending if "success_original" not in it.record])

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SpmctlError
+from ..errors import ConfigError, SpmctlError
 
 _WORD = re.compile(r"^[a-z]{2,}</w>$")
 
@@ -91,7 +91,7 @@ class SlotPrompts:
             ids.append(tokenizer.eos_token_id)
             mask.append(False)
             if len(ids) > limit:
-                raise SpmctlError(
+                raise ConfigError(
                     f"{label}: {len(ids)} tokens with the {lay.slots} adversarial ones, over the text "
                     f"encoder's limit of {limit}; shorten the prompt or use fewer tokens"
                 )
