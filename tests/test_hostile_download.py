@@ -11,13 +11,14 @@ import re
 import resource
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from helpers_archive import DOT_CHAIN, pathmax_chain, tar_entries, zip_entries
-from helpers_download import error_line, invoke_tiny, isolate, write_manifest
+from helpers_download import error_line, invoke_tiny, isolate, sha, write_manifest
 from helpers_http import FileServer, serve
 
 from spmctl.download import load_manifest
@@ -247,3 +248,103 @@ def test_destination(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     leftovers = [p.name for p in root.rglob(".*") if p.name != ".spmctl-downloads.json"]
     assert leftovers == []  # no staging folder, no half-installed copy
     assert not (tmp_path / "weights.bin").exists() and not (tmp_path / "README.txt").exists()
+
+
+# ---------------------------------------------------------------- integrity and deadlines (classes 3, 4)
+
+V1 = zip_entries([("file", "big.bin", bytes(range(256)) * 64)])
+V2 = zip_entries([("file", "big.bin", bytes(range(255, -1, -1)) * 64)])  # a new version on the server
+HALF = len(V1) // 2
+BLOB = "blobs/tiny.zip"  # where a hub-style redirect leads
+
+
+def _cut(server: FileServer) -> None:
+    server.cut_after[URL] = HALF
+
+
+def _new_version(server: FileServer) -> None:
+    server.files[URL] = V2
+
+
+def _published(sha256: str) -> Callable[[FileServer], None]:
+    def setup(server: FileServer) -> None:  # /resolve/ answers 302 with the LFS file's hash, like the hub
+        server.files[BLOB] = server.files.pop(URL)
+        server.redirects[URL] = (BLOB, {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(V1))})
+    return setup
+
+
+@dataclass
+class ServerCase:
+    expect: str | None  # a regex in the one error line; None: V1 or V2 must end up installed
+    before: Callable[[FileServer], None] | None = None  # misbehaviour for the first run
+    between: Callable[[FileServer], None] | None = None  # after a first run cut at HALF, before the second
+    manifest: dict[str, object] = field(default_factory=dict)  # size/sha256 overrides (default: both None)
+    installed: bytes | None = V1  # the archive whose content must be installed (None: nothing)
+    gets: list[str | None] | None = None  # Range headers of the final run's GETs
+    args: tuple[str, ...] = ()
+
+
+SERVERS = {
+    "resume continues the same file": ServerCase(None, between=lambda s: None, gets=[f"bytes={HALF}-"]),
+    "206 from byte 0 restarts": ServerCase(None, between=lambda s: s.range_from_zero.add(URL),
+                                           gets=[f"bytes={HALF}-", None]),
+    "new version, If-Range honoured": ServerCase(None, between=_new_version, installed=V2,
+                                                 gets=[f"bytes={HALF}-"]),
+    "new version, 206 with a new ETag restarts": ServerCase(
+        None, between=lambda s: (_new_version(s), s.ignore_if_range.add(URL)), installed=V2,
+        gets=[f"bytes={HALF}-", None]),
+    "close-delimited, hash known": ServerCase(None, before=lambda s: s.close_delimited.add(URL),
+                                              manifest={"sha256": sha(V1)}),
+    "close-delimited, no length, no hash": ServerCase(
+        "no length and no sha256 is known", before=lambda s: s.close_delimited.add(URL), installed=None),
+    "close-delimited cut short, size known": ServerCase(
+        "closed early .* kept for resume", before=lambda s: (s.close_delimited.add(URL), _cut(s)),
+        manifest={"size": len(V1)}, installed=None, args=("--retries", "0")),
+    "close-delimited cut short, hash known": ServerCase(
+        "sha256 mismatch", before=lambda s: (s.close_delimited.add(URL), _cut(s)),
+        manifest={"sha256": sha(V1)}, installed=None),
+    "hub-published sha256 verified": ServerCase(None, before=_published(sha(V1))),
+    "hub-published sha256 mismatch": ServerCase("the hub publishes", before=_published(sha(V2)), installed=None),
+    "archive that fails to extract": ServerCase("not a valid zip", before=lambda s: s.files.update({URL: b"junk"}),
+                                                installed=None),
+    "trickling server": ServerCase("too slow: .* kept for resume", before=lambda s: s.trickle.update({URL: 0.05}), installed=None,
+                                   args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
+    "silent server": ServerCase("timed out", before=lambda s: setattr(s, "silent", True), installed=None,
+                                args=("--timeout", "1")),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVERS))
+def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    row = SERVERS[case]
+    cache = isolate(tmp_path, monkeypatch)
+    root = tmp_path / "root"
+    manifest = write_manifest(tmp_path / "m.yaml", URL, None, sha256=None)
+    write_manifest(manifest, URL, None, **{"sha256": None, **row.manifest})  # type: ignore[arg-type]
+    with serve({URL: V1}) as server:
+        if row.between:
+            _cut(server)
+            assert "kept for resume" in error_line(invoke_tiny(root, server.url, manifest, "--retries", "0"))
+            row.between(server)
+        if row.before:
+            row.before(server)
+        first = len(server.requests)
+        started = time.monotonic()
+        result = invoke_tiny(root, server.url, manifest, *row.args)
+        if row.expect is None:
+            assert result.exit_code == 0, result.output
+        else:
+            assert re.search(row.expect, error_line(result))
+        assert time.monotonic() - started < 20  # deadlines hold
+        if row.gets is not None:
+            assert [rng for _p, rng in server.requests[first:]] == row.gets
+    if row.installed is None:
+        assert not (root / "models/tiny").exists()
+        if "kept for resume" not in (row.expect or ""):
+            assert [p for p in cache.rglob("*") if p.is_file()] == []  # nothing untrusted is kept either
+    else:
+        import io
+        import zipfile
+
+        expected = zipfile.ZipFile(io.BytesIO(row.installed)).read("big.bin")
+        assert (root / "models/tiny/big.bin").read_bytes() == expected

@@ -22,22 +22,28 @@ Dest = Annotated[Path, typer.Option("--dest", help="Root of the layout: models/â
 Endpoint = Annotated[str | None, typer.Option(
     "--endpoint",
     help="Hub endpoint or mirror [default: $SPMCTL_HUB_ENDPOINT, $HF_ENDPOINT, https://huggingface.co].")]
-Force = Annotated[bool, typer.Option("--force", help="Fetch again even when already present.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Fetch again, replacing what an earlier download installed there (never other files).")]
 CacheDir = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Where partial downloads wait for resume [default: $SPMCTL_CACHE_DIR or "
                         "~/.cache/spmctl/downloads].")]
 ManifestOpt = Annotated[Path | None, typer.Option(
     "--manifest", help="Another sources manifest (YAML/JSON) [default: $SPMCTL_SOURCES or the built-in].")]
 Retries = Annotated[int, typer.Option("--retries", min=0, help="Resume attempts after a dropped connection.")]
+Timeout = Annotated[float, typer.Option(
+    "--timeout", min=1, help="Seconds without data before a transfer is given up (also the window for "
+                             "--min-rate).")]
+MinRate = Annotated[int, typer.Option(
+    "--min-rate", min=0, help="Bytes/s a transfer must average over --timeout seconds (0: no minimum).")]
 
 
 def _run(source: Source, dest: Path, endpoint: str | None, force: bool, cache_dir: Path | None,
-         retries: int, quiet: bool) -> None:
+         retries: int, quiet: bool, timeout: float, min_rate: int) -> None:
     from ..download import Options, default_cache_dir, install, resolve_endpoint
 
     console = stderr_console(quiet)
     opts = Options(root=dest, endpoint=resolve_endpoint(endpoint), cache_dir=cache_dir or default_cache_dir(),
-                   force=force, quiet=quiet, retries=retries)
+                   force=force, quiet=quiet, retries=retries, timeout=timeout, min_rate=min_rate)
     result = install(source, opts, console)
     if result.status == "present":
         console.print(f"{source.label}: already present at {result.path} (use --force to fetch again)")
@@ -56,6 +62,8 @@ def model(
     cache_dir: CacheDir = None,
     manifest: ManifestOpt = None,
     retries: Retries = 3,
+    timeout: Timeout = 60.0,
+    min_rate: MinRate = 1024,
     quiet: Quiet = False,
 ) -> None:
     """Download a model: the seed's `compvis`/`diffuser` archives, or any hub id into models/<id>."""
@@ -70,7 +78,7 @@ def model(
             known = unknown_message("model", name, list(sources.models))
             raise SpmctlError(f"{known}, or a hub id (org/name)")
         source = hub_model_source(name, revision)
-    _run(source, dest, endpoint, force, cache_dir, retries, quiet)
+    _run(source, dest, endpoint, force, cache_dir, retries, quiet, timeout, min_rate)
 
 
 @app.command("dataset")
@@ -83,13 +91,15 @@ def dataset(
     cache_dir: CacheDir = None,
     manifest: ManifestOpt = None,
     retries: Retries = 3,
+    timeout: Timeout = 60.0,
+    min_rate: MinRate = 1024,
     quiet: Quiet = False,
 ) -> None:
     """Download a dataset into data/<name>-dataset/<sample|full>/ (the seed's layout)."""
     from ..download import load_manifest
 
     source = load_manifest(manifest).dataset(name, variant)
-    _run(source, dest, endpoint, force, cache_dir, retries, quiet)
+    _run(source, dest, endpoint, force, cache_dir, retries, quiet, timeout, min_rate)
 
 
 @app.command("list")

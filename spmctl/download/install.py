@@ -29,7 +29,7 @@ from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_sing
 from .manifest import Source
 from .record import check_replaceable, remember
 from .space import ensure_free_space, same_device
-from .transfer import DownloadError, Transfer, fetch
+from .transfer import CONNECT_TIMEOUT, MIN_RATE, READ_TIMEOUT, DownloadError, Transfer, fetch
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,6 +56,8 @@ class Options:
     retries: int = 3
     backoff: float = 1.0
     token: str | None = None
+    timeout: float = READ_TIMEOUT  # seconds without a byte (and the window for min_rate)
+    min_rate: int = MIN_RATE  # bytes/s; a trickling server is given up on
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ def _cache_target(source: Source, url: str, cache_dir: Path) -> Path:
 def _install_http(source: Source, dest: Path, opts: Options, console: Console) -> None:
     url = source.resolve_url(opts.endpoint)
     target = _cache_target(source, url, opts.cache_dir)
-    job = Transfer(url=url, target=target, size=source.size, sha256=source.sha256)
+    job = Transfer(url=url, target=target, size=source.size, sha256=source.sha256, timeout=opts.timeout,
+                   min_rate=opts.min_rate)
     if opts.force:
         for stale in (job.target, job.part, job.meta):
             stale.unlink(missing_ok=True)
@@ -204,16 +207,35 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
     archive.unlink(missing_ok=True)  # only now: the extraction is verified and in place
 
 
+def _hub_timeouts(timeout: float) -> None:
+    """Give every request the hub client makes a timeout (its default client waits forever)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = int(max(timeout, 1))
+    constants.HF_HUB_ETAG_TIMEOUT = int(max(timeout, 1))
+
+    def client() -> httpx2.Client:
+        made = _http.default_client_factory()
+        made.timeout = httpx2.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        return made
+
+    _http.set_client_factory(client)
+
+
 def _install_hub(source: Source, dest: Path, opts: Options, console: Console) -> None:
     from huggingface_hub import snapshot_download
 
     if source.approx_size:
         ensure_free_space({dest.parent: source.approx_size})
     console.print(f"fetching {source.repo_type or 'model'} {source.repo_id} from {opts.endpoint}")
+    _hub_timeouts(opts.timeout)
     with _staging(dest) as stage:
         try:
             snapshot_download(source.repo_id or "", repo_type=source.repo_type, revision=source.revision,
-                              local_dir=stage, endpoint=opts.endpoint, token=opts.token)
+                              local_dir=stage, endpoint=opts.endpoint, token=opts.token,
+                              etag_timeout=opts.timeout)
         except Exception as exc:  # the hub client raises many types; the user needs one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DownloadError(f"cannot fetch {source.repo_id} from {opts.endpoint}: {first}") from None

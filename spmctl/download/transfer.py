@@ -17,11 +17,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SpmctlError
+from .integrity import RateGuard, TooSlow, published_sha256, resume_problem, validator_of
 from .space import human_size
 
 CHUNK = 1 << 20
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 60.0
+MIN_RATE = 1024
+MAX_RESTARTS = 2  # a server that keeps answering ranges wrongly is given up on
 
 
 class DownloadError(SpmctlError):
@@ -36,6 +39,8 @@ class Transfer:
     target: Path  # the completed file; `<target>.part` while in flight
     size: int | None = None
     sha256: str | None = None
+    timeout: float = READ_TIMEOUT  # no byte for this long, or too few over it (min_rate): give up
+    min_rate: int = MIN_RATE  # bytes/s, averaged over `timeout` seconds; 0 turns the check off
 
     @property
     def part(self) -> Path:
@@ -51,13 +56,16 @@ class Transfer:
 def _reason(exc: Exception) -> str:
     """A short cause for a connection error (requests' own message spans a paragraph)."""
     text = str(exc)
+    if isinstance(exc, TooSlow):
+        return text
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if match:
         return match.group(1).strip().lower()
-    for needle in ("Connection refused", "Name or service not known", "timed out", "Connection reset",
-                   "Connection aborted", "IncompleteRead", "Read timed out"):
+    for needle, said in (("Connection refused", None), ("Name or service not known", None), ("timed out", None),
+                         ("Connection reset", None), ("Connection aborted", None), ("Read timed out", None),
+                         ("IncompleteRead", "the connection closed early")):
         if needle.lower() in text.lower():
-            return needle.lower()
+            return said or needle.lower()
     return type(exc).__name__
 
 
@@ -113,48 +121,63 @@ def fetch(
 
     `progress(done, total)` reports bytes; `before_write(remaining)` runs once the
     size is known and before any byte is written (the free-space check).
-    A dropped connection is retried (resuming) as long as each attempt makes progress.
+    A dropped connection is retried (resuming) as long as each attempt makes progress;
+    a resumed reply that does not continue the same file starts the transfer over.
     """
     import requests
     import urllib3
 
     if job.target.exists():
-        _verify(job, job.target, None)
+        _verify(job, job.target, None, job.sha256)
         return job.target
     job.target.parent.mkdir(parents=True, exist_ok=True)
     host = urlsplit(job.url).netloc
     hasher = None
-    attempts_left = retries
+    attempts_left, restarts = retries, 0
     checked_space = False
+    announced = False  # the server said how long the file is
+    published = None  # the hub's SHA-256 for the file
     with requests.Session() as session:
         while True:
             have = job.part.stat().st_size if job.part.exists() else 0
+            meta = _read_meta(job)
             headers = {"Accept-Encoding": "identity"}  # byte ranges must refer to the stored bytes
             if have:
                 headers["Range"] = f"bytes={have}-"
-                validator = _read_validator(job)
-                if validator:
-                    headers["If-Range"] = validator
+                if meta.get("validator"):
+                    headers["If-Range"] = meta["validator"]
             received = 0
             try:
                 with session.get(job.url, headers=headers, stream=True,
-                                 timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
+                                 timeout=(CONNECT_TIMEOUT, job.timeout)) as resp:
                     if resp.status_code == 416 and have:
                         # Nothing left to send: the part is already whole (or the file shrank).
                         total = _total_from(resp)
                         if total == have:
+                            announced, published = True, meta.get("sha256")
                             break
-                        job.part.unlink()
+                        _discard(job)
                         hasher = None
                         continue
                     if resp.status_code == 404:
                         raise DownloadError(f"not found (HTTP 404): {job.url}")
                     if resp.status_code not in (200, 206):
                         raise DownloadError(f"HTTP {resp.status_code} {resp.reason} from {host}: {job.url}")
+                    published = published_sha256(resp) or meta.get("sha256")
+                    problem = resume_problem(resp.status_code, resp.headers, have, meta.get("validator"))
+                    if problem:
+                        restarts += 1
+                        if restarts > MAX_RESTARTS:
+                            raise DownloadError(f"cannot download from {host}: {problem}, again after "
+                                                f"starting over {MAX_RESTARTS} times")
+                        _discard(job)  # never splice two versions: start over from byte 0
+                        hasher = None
+                        continue
                     resuming = resp.status_code == 206 and have > 0
                     if not resuming:
                         have, hasher = 0, None
                     total = _total_from(resp)
+                    announced = total is not None
                     if job.size is not None and total is not None and total != job.size:
                         raise DownloadError(
                             f"{job.url}: server reports {total} bytes, manifest expects {job.size}")
@@ -164,7 +187,8 @@ def fetch(
                         checked_space = True
                     if hasher is None:
                         hasher = _hash_prefix(job.part) if resuming else hashlib.sha256()
-                    _write_validator(job, resp.headers)
+                    _write_meta(job, resp.headers, published)
+                    guard = RateGuard(job.min_rate, job.timeout)
                     # Unbuffered: a full disk fails the write that hit it, naming the file.
                     with job.part.open("ab" if resuming else "wb", buffering=0) as out:
                         if progress:
@@ -175,11 +199,12 @@ def fetch(
                             received += len(chunk)
                             if progress:
                                 progress(have + received, total)
+                            guard.add(len(chunk))
                     if total is not None and have + received < total:
                         raise requests.ConnectionError("IncompleteRead: connection closed early")
                 break
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.HTTPError) as exc:
+                    urllib3.exceptions.HTTPError, TooSlow) as exc:
                 # Retry only while attempts make progress: an unreachable host fails at once.
                 if received == 0 or attempts_left <= 0:
                     done = job.part.stat().st_size if job.part.exists() else 0
@@ -190,39 +215,51 @@ def fetch(
             except requests.RequestException as exc:  # a malformed URL, too many redirects, ...
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DownloadError(f"cannot download {job.url}: {first}") from None
-    _verify(job, job.part, hasher)
+    expected = job.sha256 or published
+    if job.size is None and not announced and not expected:
+        # A body that ends when the connection closes may have been cut anywhere.
+        _discard(job)
+        raise DownloadError(f"{job.url}: the server sent no length and no sha256 is known (manifest or "
+                            "hub); the download cannot be verified and was discarded")
+    _verify(job, job.part, hasher, expected)
     job.part.replace(job.target)
     job.meta.unlink(missing_ok=True)
     return job.target
 
 
-def _verify(job: Transfer, path: Path, hasher) -> None:  # type: ignore[no-untyped-def]
+def _discard(job: Transfer) -> None:
+    job.part.unlink(missing_ok=True)
+    job.meta.unlink(missing_ok=True)
+
+
+def _verify(job: Transfer, path: Path, hasher, sha256: str | None) -> None:  # type: ignore[no-untyped-def]
     """Check size and sha256; a file that fails is deleted (resuming it would not help)."""
     size = path.stat().st_size
     problem = None
     if job.size is not None and size != job.size:
         problem = f"size mismatch: got {size} bytes, expected {job.size}"
-    elif job.sha256:
+    elif sha256:
         digest = (hasher or _hash_prefix(path)).hexdigest()
-        if digest != job.sha256:
-            problem = f"sha256 mismatch: got {digest}, expected {job.sha256}"
+        if digest != sha256:
+            source = "expected" if sha256 == job.sha256 else "the hub publishes"
+            problem = f"sha256 mismatch: got {digest}, {source} {sha256}"
     if problem:
         path.unlink(missing_ok=True)
         job.meta.unlink(missing_ok=True)
         raise DownloadError(f"{job.url}: {problem}; the download was discarded")
 
 
-def _read_validator(job: Transfer) -> str | None:
+def _read_meta(job: Transfer) -> dict[str, str]:
     try:
-        return json.loads(job.meta.read_text()).get("validator")
+        data = json.loads(job.meta.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    if not isinstance(data, dict) or data.get("url") != job.url:
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
-def _write_validator(job: Transfer, headers) -> None:  # type: ignore[no-untyped-def]
-    validator = headers.get("ETag") or headers.get("Last-Modified")
-    # A weak ETag may not be used in If-Range (RFC 9110), so it is not kept.
-    if validator and not validator.startswith("W/"):
-        job.meta.write_text(json.dumps({"url": job.url, "validator": validator}))
-    else:
-        job.meta.unlink(missing_ok=True)
+def _write_meta(job: Transfer, headers, published: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Keep what the partial data came with: its validator (sent as If-Range) and published hash."""
+    meta = {"url": job.url, "validator": validator_of(headers), "sha256": published}
+    job.meta.write_text(json.dumps({k: v for k, v in meta.items() if v}))
