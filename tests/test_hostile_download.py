@@ -307,8 +307,8 @@ SERVERS = {
     "hub-published sha256 mismatch": ServerCase("the hub publishes", before=_published(sha(V2)), installed=None),
     "archive that fails to extract": ServerCase("not a valid zip", before=lambda s: s.files.update({URL: b"junk"}),
                                                 installed=None),
-    "trickling server": ServerCase("too slow: .* kept for resume", before=lambda s: s.trickle.update({URL: 0.05}), installed=None,
-                                   args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
+    "trickling server": ServerCase("too slow: .* kept for resume", before=lambda s: s.trickle.update({URL: 0.05}),
+                                   installed=None, args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
     "silent server": ServerCase("timed out", before=lambda s: setattr(s, "silent", True), installed=None,
                                 args=("--timeout", "1")),
 }
