@@ -82,11 +82,12 @@ def resolve_name(kind: str, name: str, choices: Iterable[str]) -> str:
 
 
 def builtin_names(key: str) -> list[str]:
-    """A list from `spmctl_datasets/names.json` (UnlearnCanvas styles/objects, I2P categories)."""
+    """A list from the shipped `datasets/names.json` (UnlearnCanvas styles/objects, I2P categories)."""
     import json
-    from importlib import resources
 
-    data = json.loads(resources.files("spmctl_datasets").joinpath("names.json").read_text(encoding="utf-8"))
+    from .datafiles import data_file
+
+    data = json.loads(data_file("names.json").read_text(encoding="utf-8"))
     return list(data[key])
 
 

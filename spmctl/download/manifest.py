@@ -1,6 +1,6 @@
 """The download manifest: what `spmctl download` can fetch, from where, to where.
 
-The sources live in `spmctl_datasets/sources.yaml` (package data) rather than in
+The sources live in `datasets/sources.yaml` (package data `spmctl_datasets`) rather than in
 the commands, so a mirror, a new dataset or a known hash is a data change. Tests
 and mirrors may point at another manifest with `--manifest` or `SPMCTL_SOURCES`.
 """
@@ -172,9 +172,9 @@ def parse_manifest(data: Any) -> Manifest:
 
 
 def default_manifest_path() -> Path:
-    from importlib import resources
+    from ..datafiles import data_file
 
-    return Path(str(resources.files("spmctl_datasets").joinpath("sources.yaml")))
+    return data_file("sources.yaml")
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:

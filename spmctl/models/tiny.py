@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..datafiles import data_file
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so the CLI starts fast
     from diffusers import StableDiffusionPipeline
@@ -96,7 +97,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _tiny_words() -> list[str]:
     words: set[str] = set(_COMMON_WORDS)
-    names = resources.files("spmctl_datasets").joinpath("names.json")
+    names = data_file("names.json")
     for group in json.loads(names.read_text()).values():
         for name in group:
             words.update(name.lower().replace("_", " ").replace("-", " ").split())
