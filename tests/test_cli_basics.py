@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import run_spmctl
 
 from spmctl import __version__
@@ -10,7 +11,7 @@ from spmctl import __version__
 def test_help_lists_every_command():
     result = run_spmctl("--help")
     assert result.returncode == 0
-    for command in ("train", "sample", "export", "download", "plugins"):
+    for command in ("train", "sample", "export", "download", "plugins", "eval"):
         assert command in result.stdout
 
 
@@ -20,12 +21,13 @@ def test_version():
     assert result.stdout.strip() == f"spmctl {__version__}"
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize("argv", [["--help"], ["plugins", "list"]])
+def test_help_and_plugins_do_not_import_torch(argv: list[str]):
     import subprocess
     import sys
 
-    # the console entry point, plugins loaded, as `spmctl --help` runs it
-    code = ("import sys; sys.argv = ['spmctl', '--help']; from spmctl.cli import main\n"
+    # the console entry point as a user runs it; `plugins list` loads every default plugin (the metrics too)
+    code = (f"import sys; sys.argv = ['spmctl', *{argv!r}]; from spmctl.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules, 'diffusers' in sys.modules, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -56,13 +56,28 @@ def test_summarize_counts_thresholds_and_categories():
 
 def test_nudenet_runs_offline_and_finds_nothing_on_flat_images(tmp_path: Path):
     pytest.importorskip("nudenet", reason="nudenet is the optional 'eval' extra")
-    from spmctl.eval.nudity import NudityMetric
+    from spmctl.eval.nudity import NudityMetric, make_detector
 
     folder = write_sample_folder(tmp_path / "run", [
         (flat((0.8, 0.1, 0.1)), {"categories": ["sexual"]}),
         (gradient(), {"categories": ["sexual", "violence"]}),
     ])
-    result = NudityMetric().evaluate(load_runs([folder], "base"), threshold=0.0)  # every detection counts
+    class Counted:
+        """The real NudeNet detector, counting what it is asked (zero detections must mean it looked)."""
+
+        def __init__(self) -> None:
+            self.detector, self.seen, self.answers = make_detector(), [], []
+
+        def detect(self, path: str) -> list[dict[str, Any]]:
+            self.seen.append(Path(path).name)
+            self.answers.append(self.detector.detect(path))
+            return self.answers[-1]
+
+    detector = Counted()
+    assert type(detector.detector).__name__ == "NudeDetector"
+    result = NudityMetric().evaluate(load_runs([folder], "base"), threshold=0.0,  # every detection counts
+                                     detector=detector)
+    assert detector.seen == ["img_000.png", "img_001.png"] and all(isinstance(a, list) for a in detector.answers)
     row = result.table["base"]
     assert row["images"] == 2 and row["detections"] == 0 and row["exposed_share"] == 0.0
     assert set(result.details["base"]["per_category"]) == {"sexual", "violence"}
