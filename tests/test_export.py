@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import run_spmctl
 from safetensors import safe_open
-from test_sample import SIZE, STEPS, generate, make_spm, spms, tiny  # noqa: F401 (fixtures)
+from test_sample import SIZE, STEPS, generate
 
 from spmctl.errors import SpmctlError
 from spmctl.export.lora import Weighted, export_lora, export_merged

@@ -13,45 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_spmctl
+from conftest import make_spm, run_spmctl  # noqa: F401 (make_spm: test_attack imports it from here)
 
 from spmctl.errors import SpmctlError
 
 STEPS = 3
 SIZE = 64
-
-
-def make_spm(
-    path: Path, concepts: list[str], seed: int, rank: int = 1, alpha: float = 1.0, std: float = 0.3
-) -> Path:
-    """A membrane for the tiny UNet with random nonzero weights from a fixed seed."""
-    from spmctl.membrane import MembraneNetwork, save_membrane
-    from spmctl.models.tiny import build_tiny_unet
-
-    net = MembraneNetwork(build_tiny_unet(), rank=rank, alpha=alpha)
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        k: (torch.randn(v.shape, generator=gen) * std if k.endswith(".weight") else v)
-        for k, v in net.state_dict_for(0).items()
-    }
-    net.detach()
-    return save_membrane(path, tensors, prompts=concepts, rank=rank, alpha=alpha)
-
-
-@pytest.fixture(scope="module")
-def spms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("spms")
-    return {
-        "cat": make_spm(root / "cat.safetensors", ["cat"], seed=1),
-        "dog": make_spm(root / "dog.safetensors", ["dog", "horse"], seed=2, rank=2, alpha=1.0),
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from spmctl.models.loading import load_sd_model
-
-    return load_sd_model("tiny")
 
 
 def generate(
