@@ -356,26 +356,26 @@ at::Tensor membrane_fwd_cpu(const at::Tensor& x_in, const at::Tensor& base_in, c
 
 // In place: `out` holds base_out and receives the sum. Used where no gradient is needed (denoising,
 // sampling): it saves allocating and first-touching a fresh output as large as the layer's output.
-at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, const at::Tensor& down,
-                                     const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale,
-                                     bool conv) {
+void membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, const at::Tensor& down,
+                               const at::Tensor& up, const at::Tensor& gate, const at::Tensor& scale,
+                               bool conv) {
   const Geometry g = membrane_geometry(x_in, out, down, up, gate, scale, conv);
   const auto fmt = membrane_format(x_in, conv);
   if (!out.is_contiguous(fmt)) {
     out.copy_(membrane_fwd_cpu(x_in, out, down, up, gate, scale, conv));
-    return out;
+    return;
   }
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const at::Tensor x = x_in.contiguous(fmt);
   if (x.scalar_type() == at::kFloat) {
     float* o = out.mutable_data_ptr<float>();
-    if (try_fwd_f32(x, o, o, down, up, gate, scale, g)) return out;
+    if (try_fwd_f32(x, o, o, down, up, gate, scale, g)) return;
   }
   if (!g.nchw && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
     // fp64, or fp32 with a J beyond the specialised kernels: BLAS beats the generic row loop when
     // rows are short
     membrane_rows_blas_(out, x, down, up, gate, scale, g);
-    return out;
+    return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "membrane_fwd_inplace_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -385,7 +385,6 @@ at::Tensor& membrane_fwd_inplace_cpu(at::Tensor& out, const at::Tensor& x_in, co
     fn(x.const_data_ptr<scalar_t>(), o, o, op.D.const_data_ptr<acc_t>(), op.U.const_data_ptr<acc_t>(),
        op.coef.const_data_ptr<acc_t>(), g);
   });
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> membrane_bwd_cpu(const at::Tensor& gout_in,
@@ -423,8 +422,9 @@ TORCH_LIBRARY(spmctl, m) {
       "membrane_fwd(Tensor x, Tensor base_out, Tensor down, Tensor up, Tensor gate, Tensor scale, "
       "bool conv=False) -> Tensor");
   m.def(
+      // returns nothing: an op whose output aliases an input cannot be functionalised (torch.compile)
       "membrane_fwd_(Tensor(a!) out, Tensor x, Tensor down, Tensor up, Tensor gate, Tensor scale, "
-      "bool conv=False) -> Tensor(a!)");
+      "bool conv=False) -> ()");
   m.def(
       "membrane_bwd(Tensor grad_out, Tensor x, Tensor down, Tensor up, Tensor gate, Tensor scale, "
       "bool conv=False) -> (Tensor, Tensor, Tensor)");

@@ -169,3 +169,38 @@ def tiny():
     from spmctl.models.loading import load_sd_model
 
     return load_sd_model("tiny")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request: pytest.FixtureRequest):
+    """Op and network tests run on each device, as extension-cpp's do: CUDA cases skip without a GPU,
+    and `pytest -m cuda` selects them (benchmarks/gpu_check.sh)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def fused():
+    """Build (once, shared cache) and load the fused op; skip where no compiler is available."""
+    if os.environ.get("SPMCTL_KERNEL") == "reference":
+        pytest.skip("SPMCTL_KERNEL=reference")
+    import torch
+
+    import spmctl.ops.fused as mod
+
+    if mod.load_fused() != "fused":
+        pytest.skip(f"fused kernel unavailable: {mod._reason}")
+    return torch.ops.spmctl.membrane_fwd
+
+
+@pytest.fixture
+def fused_on(fused, device):
+    """The fused op where it has a kernel for `device` (a CUDA torch built without nvcc has none)."""
+    import torch
+
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("spmctl::membrane_fwd", "CUDA"):
+        pytest.skip("the fused op was built without CUDA kernels")
+    return fused

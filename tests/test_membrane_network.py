@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers_ops import OpLog
 from safetensors.torch import save_file
 
 from spmctl.errors import SpmctlError
@@ -21,9 +22,10 @@ def inputs():
 
 
 def run(unet, inputs, rows=slice(None)):
-    x, t, e = inputs
+    device = next(unet.parameters()).device
+    x, t, e = (v[rows].to(device) for v in inputs)
     with torch.no_grad():
-        return unet(x[rows], t[rows], e[rows]).sample
+        return unet(x, t, e).sample
 
 
 def randomise(net: MembraneNetwork, seed: int = 0, k: int | None = None) -> None:
@@ -31,7 +33,7 @@ def randomise(net: MembraneNetwork, seed: int = 0, k: int | None = None) -> None
     with torch.no_grad():
         for _, m in net.modules():
             sl = slice(None) if k is None else slice(k, k + 1)
-            m.lora_up[sl] = torch.randn(m.lora_up[sl].shape, generator=g) * 0.5
+            m.lora_up[sl] = (torch.randn(m.lora_up[sl].shape, generator=g) * 0.5).to(m.lora_up.device)
 
 
 def test_sd1_and_sd2_module_counts():
@@ -66,9 +68,9 @@ def test_attach_init_and_names():
         MembraneNetwork(unet)
 
 
-def test_gate_zero_and_detach_are_bit_exact(inputs):
-    reference = run(build_tiny_unet(), inputs)
-    unet = build_tiny_unet()
+def test_gate_zero_and_detach_are_bit_exact(inputs, device):
+    reference = run(build_tiny_unet().to(device), inputs)
+    unet = build_tiny_unet().to(device)
     state_before = {k: v.clone() for k, v in unet.state_dict().items()}
     layers_before = dict(unet.named_modules())
     net = MembraneNetwork(unet, num_membranes=2)
@@ -89,16 +91,16 @@ def test_gate_zero_and_detach_are_bit_exact(inputs):
     assert all(torch.equal(state_after[k], v) for k, v in state_before.items())
 
 
-def test_per_sample_gates_equal_separate_calls(inputs):
-    untouched = build_tiny_unet()
-    unet = build_tiny_unet()
+def test_per_sample_gates_equal_separate_calls(inputs, device):
+    untouched = build_tiny_unet().to(device)
+    unet = build_tiny_unet().to(device)
     net = MembraneNetwork(unet, num_membranes=2)
     randomise(net)
     net.set_gates(torch.tensor([[1.0, 0.5], [0.0, 0.0]]))
     batched = run(unet, inputs)
     assert torch.equal(batched[1:], run(untouched, inputs)[1:])  # gate-0 sample untouched, bit for bit
     with net.gated([1.0, 0.5]):
-        assert torch.equal(net.gates, torch.tensor([[1.0, 0.5]]))
+        assert torch.equal(net.gates.cpu(), torch.tensor([[1.0, 0.5]]))
         first = run(unet, inputs, slice(0, 1))
     assert net.gates.shape == (2, 2)  # the context manager restored the per-sample gates
     with net.gated(0.0):
@@ -129,22 +131,37 @@ def test_membranes_compose_additively(inputs):
     torch.testing.assert_close(deltas[0] + deltas[1], deltas[2], atol=1e-4, rtol=1e-2)
 
 
-def test_fused_and_reference_agree_in_the_unet(inputs, monkeypatch):
+@pytest.mark.parametrize("grad", [False, True], ids=["sampling", "training"])
+def test_fused_and_reference_agree_in_the_unet(fused_on, device, inputs, monkeypatch, grad):
+    """The same UNet with the fused ops (which it must really call: the in-place and layer+membrane ops
+    when sampling, the autograd op when training) and with the reference."""
     import spmctl.ops.fused as fused
 
-    unet = build_tiny_unet()
+    unet = build_tiny_unet().to(device)
     net = MembraneNetwork(unet)
     randomise(net)
     net.set_gates(torch.tensor([[0.7], [1.0]]))
-    out = run(unet, inputs)
+
+    def call():
+        x, t, e = (v.to(device) for v in inputs)
+        with torch.set_grad_enabled(grad), OpLog() as log:
+            return unet(x, t, e).sample.detach(), log.spmctl_ops()
+
+    call()  # the first fused call on a device runs its self-check
+    out, ops = call()
+    expected_ops = {"spmctl.membrane_fwd.default"} if grad or device.type == "cuda" else {
+        "spmctl.membrane_fwd_.default", "spmctl.linear_membrane.default"}
+    assert ops == expected_ops
     monkeypatch.setattr(fused, "_backend", "reference")
-    torch.testing.assert_close(run(unet, inputs), out, atol=1e-5, rtol=1e-5)
+    expected, ops = call()
+    assert ops == set()
+    torch.testing.assert_close(expected, out, atol=1e-5, rtol=1e-5)
 
 
-def test_training_gradients_reach_only_the_membrane(inputs):
-    unet = build_tiny_unet().requires_grad_(False)
+def test_training_gradients_reach_only_the_membrane(inputs, device):
+    unet = build_tiny_unet().requires_grad_(False).to(device)
     net = MembraneNetwork(unet)
-    x, t, e = inputs
+    x, t, e = (v.to(device) for v in inputs)
     unet(x, t, e).sample.square().mean().backward()
     ups = [m.lora_up.grad for _, m in net.modules()]
     assert all(g is not None for g in ups) and sum(float(g.abs().sum()) for g in ups) > 0

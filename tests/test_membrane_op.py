@@ -1,4 +1,16 @@
-"""The fused membrane op against its PyTorch reference; build, fallback and nvcc compile checks."""
+"""The fused membrane op against its PyTorch reference; build, fallback and nvcc compile checks.
+
+Op tests take the `device` fixture (tests/conftest.py): CPU always, CUDA where a GPU is (`-m cuda`).
+
+Mutations these tests catch (each was made on purpose and seen to fail):
+- membrane() never picks the fused op (`backend == "fused"` -> `False`): test_dispatcher_*;
+- membrane_() skips the in-place kernel: test_dispatcher_picks_the_fused_op_where_it_applies;
+- the fused fixture unused in the UNet comparison: test_fused_and_reference_agree_in_the_unet
+  (tests/test_membrane_network.py) asserts the fused run called the spmctl ops;
+- a schema that drops the in-place op's `(a!)` annotation: test_opcheck_inplace;
+- a wrong forward or backward kernel result (SPMCTL_TEST_FAULT): tests/test_gpu_path.py;
+- JIT arch flags ignoring the visible GPUs or dropping the PTX: tests/test_gpu_path.py.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_ops import OpLog
 
 from spmctl.ops import membrane_reference
 from spmctl.ops.build import csrc_dir, extension_sources, jit_spec
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
-
-
-@pytest.fixture(scope="module")
-def fused():
-    """Build (once, shared cache) and load the fused op; skip where no compiler is available."""
-    if os.environ.get("SPMCTL_KERNEL") == "reference":
-        pytest.skip("SPMCTL_KERNEL=reference")
-    import spmctl.ops.fused as mod
-
-    if mod.load_fused() != "fused":
-        pytest.skip(f"fused kernel unavailable: {mod._reason}")
-    return torch.ops.spmctl.membrane_fwd
 
 
 def make_case(
@@ -53,17 +54,22 @@ def make_case(
     return x.to(dtype), base.to(dtype), down, up, gate, scale, layout != "linear"
 
 
+def on(device: torch.device, case: tuple) -> tuple:
+    """A make_case tuple on `device` (memory formats kept)."""
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in case)
+
+
 @pytest.mark.parametrize("k,r", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["linear", "conv", "conv_cl"])
-def test_fused_matches_reference(fused, layout, dtype, k, r):
-    x, base, down, up, gate, scale, conv = make_case(layout, dtype, k, r)
+def test_fused_matches_reference(fused_on, device, layout, dtype, k, r):
+    x, base, down, up, gate, scale, conv = on(device, make_case(layout, dtype, k, r))
     leaves = [t.clone().requires_grad_() for t in (x, base, down, up)]
     results = []
-    for fn in (fused, membrane_reference):
+    for fn in (fused_on, membrane_reference):
         inputs = [t.detach().clone().requires_grad_() for t in leaves]
         out = fn(inputs[0], inputs[1], inputs[2], inputs[3], gate, scale, conv)
-        grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(dtype)
+        grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device, dtype)
         out.backward(grad)
         results.append((out, [t.grad for t in inputs]))
     (out_f, grads_f), (out_r, grads_r) = results
@@ -99,14 +105,21 @@ def test_reference_gradcheck_fp64_full():
     )
 
 
-def test_opcheck(fused):
+def test_opcheck(fused_on, device):
     for layout, dtype in (("linear", torch.float32), ("conv_cl", torch.float32), ("conv", torch.bfloat16)):
-        x, base, down, up, gate, scale, conv = make_case(layout, dtype, 3, 2)
+        x, base, down, up, gate, scale, conv = on(device, make_case(layout, dtype, 3, 2))
         args = (x, base, down.requires_grad_(), up.requires_grad_(), gate, scale, conv)
         torch.library.opcheck(torch.ops.spmctl.membrane_fwd.default, args)
         gout = torch.randn_like(base)
         bwd_args = (gout, x, down.detach(), up.detach(), gate, scale, conv)
         torch.library.opcheck(torch.ops.spmctl.membrane_bwd.default, bwd_args)
+
+
+@pytest.mark.parametrize("layout", ["linear", "conv_cl"])
+def test_opcheck_inplace(fused, layout):
+    """The in-place op (CPU only): schema (it mutates `out` and returns it), fake kernel, no autograd."""
+    x, base, down, up, gate, scale, conv = make_case(layout, torch.float32, 3, 2)
+    torch.library.opcheck(torch.ops.spmctl.membrane_fwd_.default, (base.clone(), x, down, up, gate, scale, conv))
 
 
 def test_torch_compile_traces_the_op(fused):
@@ -229,15 +242,15 @@ def test_cuda_glue_parses_against_torch_headers(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["linear", "conv", "conv_cl"])
-def test_inplace_form_matches(fused, layout, dtype):
-    """membrane_ (no-grad work: denoising, sampling) adds into base_out in place."""
+def test_inplace_form_matches(fused_on, device, layout, dtype):
+    """membrane_ (no-grad work: denoising, sampling) adds into base_out in place (on the CPU)."""
     from spmctl.ops import membrane_
 
-    x, base, down, up, gate, scale, conv = make_case(layout, dtype, 3, 2)
+    x, base, down, up, gate, scale, conv = on(device, make_case(layout, dtype, 3, 2))
     expected = membrane_reference(x, base, down, up, gate, scale, conv)
     out = base.clone()
     got = membrane_(out, x, down, up, gate, scale, conv)
-    assert got.data_ptr() == out.data_ptr()  # really in place on the CPU
+    assert (got.data_ptr() == out.data_ptr()) == (device.type == "cpu")  # really in place on the CPU
     tol = TOL[dtype]
     torch.testing.assert_close(got, expected, atol=tol * 4, rtol=tol)
     assert torch.equal(got[0], base[0])  # gate-0 sample untouched
@@ -327,25 +340,94 @@ def test_membrane_wrapper_under_cpu_autocast_runs_the_layer_in_its_dtype(fused):
 
 
 def test_two_threads_give_the_same_result(fused):
-    """The CPU kernels split rows into per-thread chunks with fixed reduction order."""
+    """The CPU kernels split rows into per-thread chunks with a fixed reduction order: at a fixed thread
+    count, results are bitwise reproducible; across thread counts they agree to rounding."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4, 300, 40, generator=g, requires_grad=True)
     base = torch.randn(4, 300, 48, generator=g)
     down = (torch.randn(2, 1, 40, generator=g) * 0.3).requires_grad_()
     up = (torch.randn(2, 48, 1, generator=g) * 0.3).requires_grad_()
     gate, scale = torch.rand(4, 2, generator=g), torch.tensor([1.0, 0.5])
-    results = []
-    for threads in (1, 2):
+    results = {}
+    for threads in (1, 2, 2, 1):
         torch.set_num_threads(threads)
         try:
             for t in (x, down, up):
                 t.grad = None
             out = fused(x, base, down, up, gate, scale, False)
             out.sum().backward()
-            results.append([out.detach(), x.grad.clone(), down.grad.clone(), up.grad.clone()])
+            got = [out.detach(), x.grad.clone(), down.grad.clone(), up.grad.clone()]
         finally:
             torch.set_num_threads(1)
-    for a, b in zip(*results, strict=True):
+        if threads in results:
+            for name, a, b in zip(("out", "grad x", "grad down", "grad up"), results[threads], got, strict=True):
+                assert torch.equal(a, b), f"{name} differs between two runs on {threads} thread(s)"
+        results[threads] = got
+    for a, b in zip(results[1], results[2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     ref = membrane_reference(x, base, down, up, gate, scale, False)
-    torch.testing.assert_close(results[0][0], ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][0], ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["linear", "conv_cl"])
+def test_dispatcher_picks_the_fused_op_where_it_applies(fused_on, device, layout, dtype):
+    """membrane() takes the fused op (with autograd), membrane_() the in-place one on the CPU and
+    linear_membrane() the layer-plus-membrane op on CPU fp32; each result equals the reference's."""
+    from spmctl.ops import linear_membrane, membrane, membrane_
+
+    x, base, down, up, gate, scale, conv = on(device, make_case(layout, dtype, 3, 2))
+    expected = membrane_reference(x, base, down, up, gate, scale, conv)
+    tol = TOL[dtype]
+    membrane(x, base, down, up, gate, scale, conv)  # the first call on a device runs its self-check
+    with OpLog() as log:
+        got = membrane(x.requires_grad_(), base, down, up, gate, scale, conv)
+    assert log.spmctl_ops() == {"spmctl.membrane_fwd.default"}
+    torch.testing.assert_close(got, expected, atol=tol * 4, rtol=tol)
+    with OpLog() as log:
+        got = membrane_(base.clone(), x.detach(), down, up, gate, scale, conv)
+    inplace = "spmctl.membrane_fwd_.default" if device.type == "cpu" else "spmctl.membrane_fwd.default"
+    assert log.spmctl_ops() == {inplace}
+    torch.testing.assert_close(got, expected, atol=tol * 4, rtol=tol)
+    if layout == "linear" and dtype == torch.float32 and device.type == "cpu":
+        weight = torch.randn(base.shape[-1], x.shape[-1])
+        with OpLog() as log:
+            got = linear_membrane(x.detach(), weight, None, down, up, gate, scale)
+        assert log.spmctl_ops() == {"spmctl.linear_membrane.default"}
+        layer = torch.nn.functional.linear(x.detach(), weight)
+        expected = membrane_reference(x, layer, down, up, gate, scale, False)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_dispatcher_takes_the_reference_where_the_cuda_kernels_do_not_apply(fused_on):
+    """K*rank beyond the CUDA kernels' registers, and float64, go to the reference on a GPU."""
+    from spmctl.ops import MAX_CUDA_J, membrane
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    for case in (make_case("linear", torch.float32, 3, MAX_CUDA_J // 3 + 1), make_case("linear", torch.float64, 1, 1)):
+        x, base, down, up, gate, scale, conv = on(torch.device("cuda"), case)
+        with OpLog() as log:
+            got = membrane(x, base, down, up, gate, scale, conv)
+        assert log.spmctl_ops() == set()
+        torch.testing.assert_close(got, membrane_reference(x, base, down, up, gate, scale, conv))
+
+
+def test_dispatcher_with_spmctl_kernel_reference_never_calls_the_fused_op():
+    proc = _run("""
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from spmctl.ops import membrane
+        seen = []
+        class Log(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+        x = torch.randn(2, 3, 4); d = torch.randn(1, 1, 4); u = torch.randn(1, 5, 1)
+        with Log():
+            membrane(x, torch.zeros(2, 3, 5), d, u, torch.ones(2, 1), torch.ones(1))
+        print(sorted({op for op in seen if op.startswith("spmctl.")}), len(seen) > 0)
+    """, SPMCTL_KERNEL="reference")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] True"

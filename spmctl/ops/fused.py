@@ -1,7 +1,9 @@
 """The membrane op: the fused C++/CUDA kernel when it loads, the PyTorch reference otherwise.
 
 `SPMCTL_KERNEL` selects: `auto` (default: fused if it builds, else reference with one warning),
-`fused` (a build failure is an error), `reference` (never build).
+`fused` (a build failure is an error), `reference` (never build). On each device the fused op is
+checked against the reference at first use, and a kernel that fails the check or cannot launch there
+leaves that device to the reference (spmctl.ops.selfcheck).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import warnings
 import torch
 
 from spmctl.errors import SpmctlError
+from spmctl.ops import selfcheck
 from spmctl.ops.reference import membrane_reference
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "kernel_backend",
     "load_fused",
     "fused_supports",
+    "fused_forward_op",
     "MAX_CUDA_J",
 ]
 
@@ -76,7 +80,7 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake("spmctl::membrane_fwd_")
     def _fwd_inplace_fake(out, x, down, up, gate, scale, conv=False):
-        return out
+        return None
 
     @torch.library.register_fake("spmctl::linear_membrane")
     def _linear_membrane_fake(x, weight, bias, down, up, gate, scale):
@@ -109,6 +113,8 @@ def _load() -> tuple[str, str]:
                 ) from exc
             return "reference", f"build failed: {first}"
     _register_python_parts()
+    global _FWD
+    _FWD = fused_forward_op()
     return "fused", ""
 
 
@@ -146,6 +152,21 @@ def fused_supports(x: torch.Tensor, down: torch.Tensor) -> bool:
     return False
 
 
+def _launch_failure(*args, **kwargs):
+    """SPMCTL_TEST_FAULT=launch: what a kernel launch raises when the binary has no code for the GPU."""
+    raise RuntimeError("membrane_fwd (CUDA): no kernel image is available for execution on the device")
+
+
+def fused_forward_op():
+    """The fused forward op (with autograd), or the simulated launch failure of the test hook."""
+    return _launch_failure if selfcheck.fault_hook() == "launch" else torch.ops.spmctl.membrane_fwd
+
+
+def _usable(x: torch.Tensor) -> bool:
+    # torch.compile traces the op itself; the check runs in eager calls only
+    return torch.compiler.is_compiling() or selfcheck.device_ok(x)
+
+
 def membrane(
     x: torch.Tensor,
     base_out: torch.Tensor,
@@ -157,8 +178,12 @@ def membrane(
 ) -> torch.Tensor:
     """out = base_out + sum_k gate[b,k]*scale[k]*(x . down_k^T) . up_k^T (see spmctl.ops.reference)."""
     backend = _backend if _backend is not None else load_fused()
-    if backend == "fused" and fused_supports(x, down):
-        return torch.ops.spmctl.membrane_fwd(x, base_out, down, up, gate, scale, conv)
+    if backend == "fused" and fused_supports(x, down) and _usable(x):
+        try:
+            return _FWD(x, base_out, down, up, gate, scale, conv)
+        except RuntimeError as exc:
+            if not selfcheck.launch_failed(x.device, exc):
+                raise
     return membrane_reference(x, base_out, down, up, gate, scale, conv)
 
 
@@ -177,8 +202,9 @@ def membrane_(
     tensor otherwise, so callers use the return value.
     """
     backend = _backend if _backend is not None else load_fused()
-    if backend == "fused" and x.device.type == "cpu" and out.dtype == x.dtype:
-        return torch.ops.spmctl.membrane_fwd_.default(out, x, down, up, gate, scale, conv)
+    if backend == "fused" and x.device.type == "cpu" and out.dtype == x.dtype and _usable(x):
+        torch.ops.spmctl.membrane_fwd_.default(out, x, down, up, gate, scale, conv)
+        return out
     return membrane(x, out, down, up, gate, scale, conv)
 
 
@@ -202,6 +228,7 @@ def linear_membrane(
         or not x.is_cpu
         or (_backend if _backend is not None else load_fused()) != "fused"
         or torch.is_autocast_enabled("cpu")  # the layer would run in the autocast dtype
+        or not _usable(x)
     ):
         return None
     return _linear_membrane_op()(x, weight, bias, down, up, gate, scale)
@@ -215,3 +242,4 @@ def _linear_membrane_op():
 
 
 _LINEAR_MEMBRANE = None
+_FWD = None  # torch.ops.spmctl.membrane_fwd once loaded
