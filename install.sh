@@ -24,3 +24,9 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 # setuptools>=68 lets the tests pip-install their example plugins without build isolation
 "$PY" -m pip install "setuptools>=68" -e ".$extras"
+# Build the fused membrane kernel now (about a minute, more with CUDA; progress on stderr), so the first
+# run starts at once. Without a compiler spmctl still works, on its slower PyTorch reference.
+if [ "${SPMCTL_KERNEL:-auto}" != reference ]; then
+  "$PY" -m spmctl doctor --build || echo "install.sh: the fused kernel did not build; spmctl will use" \
+    "its PyTorch reference (slower). \`spmctl doctor\` says why." >&2
+fi

@@ -5,6 +5,8 @@ per run), one after the other in this one invocation; the original loop replays 
 per-iteration denoising depths k, so both do the same denoising work:
 
     python benchmarks/bench_train.py [--model tiny] [--iterations 60] [--out bench_train.json]
+                                     [--devices cpu|0] [--precision float32|float16|bfloat16]
+                                     [--spmctl-only]   (no original loop: it runs on the CPU in fp32)
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
-def bench_config(model: str, iterations: int, resolution: int, out_dir: str) -> dict:
+def bench_config(model: str, iterations: int, resolution: int, out_dir: str, devices: str = "cpu",
+                 precision: str = "float32") -> dict:
     return {
         "pretrained_model": {"ckpt_path": model},
         "train": {"iterations": iterations, "lr": 1e-3, "optimizer_type": "AdamW", "lr_scheduler": "constant",
+                  "precision": precision,
                   "lr_warmup_steps": 0, "max_denoising_steps": 30},
         "save": {"per_steps": 10**6},
         "template": "concept", "template_name": "cat",
         "prompt": {"action": "erase_with_la", "resolution": resolution, "dynamic_resolution": False,
                    "la_strength": 1000, "sampling_batch_size": 4, "batch_size": 1},
-        "devices": "cpu", "output_dir": out_dir, "seed": 0, "wandb_project": None,
+        "devices": devices, "output_dir": out_dir, "seed": 0, "wandb_project": None,
     }
 
 
@@ -60,6 +64,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--out", default="bench_train.json")
+    parser.add_argument("--devices", default="cpu", help='"cpu" or a CUDA index, e.g. "0"')
+    parser.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--spmctl-only", action="store_true", help="time `spmctl train` alone")
     parser.add_argument("--original-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.original_child:
@@ -70,12 +77,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "bench.yaml"
         cfg_path.write_text(yaml.safe_dump(bench_config(args.model, args.iterations, args.resolution,
-                                                        str(Path(tmp) / "out"))))
+                                                        str(Path(tmp) / "out"), args.devices, args.precision)))
         spmctl = Path(sys.executable).parent / "spmctl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
         subprocess.run([str(spmctl), "train", "-c", str(cfg_path), "--quiet"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         ours = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+        if args.spmctl_only:
+            keys = ("seconds_per_iteration", "peak_memory_bytes")
+            result = {"model": args.model, "iterations": args.iterations, "resolution": args.resolution,
+                      "devices": args.devices, "precision": args.precision, "spmctl": {k: ours[k] for k in keys}}
+            print(f"spmctl train : {ours['seconds_per_iteration'] * 1e3:8.1f} ms/it  "
+                  f"peak {ours['peak_memory_bytes'] / 2**20:7.0f} MiB")
+            Path(args.out).write_text(json.dumps(result, indent=2))
+            return
         # the original loop replays spmctl's denoising depths: both then do the same denoising work
         log = (Path(tmp) / "out" / "log.jsonl").read_text().splitlines()
         ks = json.dumps([json.loads(line)["k"] for line in log])
@@ -85,6 +100,7 @@ def main() -> None:
 
     result = {
         "model": args.model, "iterations": args.iterations, "resolution": args.resolution,
+        "devices": args.devices, "precision": args.precision,
         "torch_threads": __import__("torch").get_num_threads(),
         "spmctl": {"seconds_per_iteration": ours["seconds_per_iteration"],
                    "peak_memory_bytes": ours["peak_memory_bytes"]},

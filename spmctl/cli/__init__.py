@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import SpmctlError
-from . import attack, download, eval_cmd, export, plugins_cmd, sample, train
+from . import attack, doctor, download, eval_cmd, export, plugins_cmd, sample, train
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.add_typer(export.app, name="export", help="Export membranes: LoRA files, mer
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
 app.add_typer(eval_cmd.app, name="eval", help="Measure erasure: nudity, UnlearnCanvas, CLIP score, FID, cost.")
+app.command("doctor", help=doctor.doctor.__doc__)(doctor.doctor)
 
 
 # Boolean flags the seed's scripts took with a value (`--use_sample False`, which they then read as
