@@ -289,9 +289,17 @@ def _lookup(kind: str, name: str, table: dict[str, Any]) -> Any:
     raise SpmctlError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(table)) or 'none'}")
 
 
+def _guarded(hook_name: str, provider: Any) -> Any:
+    """A third-party provider whose failures name its plugin (see `plugin_guard`); built-ins as they are."""
+    from .plugin_guard import Guarded
+
+    owner = provider_owner(hook_name, provider.name)
+    return provider if is_builtin(owner) else Guarded(provider, KINDS[hook_name].label, describe(owner))
+
+
 def get_dataset(name: str) -> Any:
-    return _lookup("dataset_type", name, get_datasets())
+    return _guarded("register_datasets", _lookup("dataset_type", name, get_datasets()))
 
 
 def get_template(name: str) -> Any:
-    return _lookup("template", name, get_templates())
+    return _guarded("register_templates", _lookup("template", name, get_templates()))

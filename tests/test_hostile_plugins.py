@@ -84,6 +84,17 @@ ROWS = [
     pytest.param("bad-results", ["eval", "unlearncanvas", "RUN", "--style-classifier", "wrong-labels"], 1,
                  "error: classifier 'wrong-labels': predict() returned ['banana']; expected a list of 1 labels", "",
                  id="classifier answers a label it lacks"),
+    pytest.param("bad-providers", ["train", "-m", "tiny", "--template", "string-settings", "--template_name", "cat",
+                                   "--output_dir", "OUT", "--iterations", "1"], 1,
+                 f"error: {_named('bad-providers')}: template 'string-settings': prompt_settings() returned str, "
+                 "expected a list of prompt settings", "", id="template answers a string"),
+    pytest.param("bad-providers", ["train", "-m", "tiny", "--template", "raising", "--template_name", "cat",
+                                   "--output_dir", "OUT", "--iterations", "1"], 1,
+                 f"error: {_named('bad-providers')}: template 'raising': prompt_settings() failed: ZeroDivisionError",
+                 "", id="template raises when used"),
+    pytest.param("bad-providers", ["sample", "-m", "tiny", "--dataset", "string-rows", "-o", "OUT"], 1,
+                 f"error: {_named('bad-providers')}: dataset 'string-rows': rows() yielded str, expected "
+                 "spmctl.providers.PromptRow", "", id="dataset yields strings"),
     pytest.param("commands", ["hello", "--name", "you"], 0, None, "hello you", id="plugin command runs"),
     pytest.param("commands", ["plugins", "list"], 0,
                  f"warning: {_named('commands')}: command 'train' ignored: a built-in command has that name", "hello",
@@ -95,9 +106,10 @@ ROWS = [
 
 
 @pytest.mark.parametrize(("plugin", "args", "code", "line", "shown"), ROWS)
-def test_hostile_plugin_is_contained_and_named(hostile_site: Path, run_folder: Path, plugin: str, args: list[str],
-                                               code: int, line: str | None, shown: str):
-    args = [str(run_folder) if a == "RUN" else a for a in args]
+def test_hostile_plugin_is_contained_and_named(hostile_site: Path, run_folder: Path, tmp_path: Path, plugin: str,
+                                               args: list[str], code: int, line: str | None, shown: str):
+    places = {"RUN": str(run_folder), "OUT": str(tmp_path / "out")}
+    args = [places.get(a, a) for a in args]
     result = run_spmctl(*args, env={"PYTHONPATH": str(hostile_site), "SPMCTL_PLUGINS": plugin})
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
