@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SPMCTL, TESTS, run_spmctl
+from conftest import SPMCTL, TESTS, pip_install_plugins, run_spmctl
 from test_sample import make_spm
 
 from spmctl.attack.config import load_attack_config
@@ -35,12 +34,8 @@ def spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The verdict plugin pip-installed into a folder put on PYTHONPATH, as a third party ships it."""
-    site = tmp_path_factory.mktemp("site")
-    source = tmp_path_factory.mktemp("src") / "spmctl-verdict-plugin"
-    shutil.copytree(TESTS / "plugin_pkgs" / "spmctl-verdict-plugin", source)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(source)], check=True, capture_output=True, text=True)
-    return site
+    return pip_install_plugins(tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src"),
+                               "spmctl-verdict-plugin")
 
 
 def parity(path: Path) -> str:

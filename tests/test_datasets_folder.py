@@ -1,5 +1,9 @@
 """The top-level `datasets/` folder holds data, not a package: it never hides Hugging Face's `datasets`,
-and an installed spmctl still finds the files (issue 13, item 7)."""
+and an installed spmctl still finds the files (issue 13, item 7).
+
+Mutations caught: putting `datasets/__init__.py` back (the first test); dropping the
+`spmctl_datasets` package data from pyproject.toml (the second).
+"""
 
 from __future__ import annotations
 

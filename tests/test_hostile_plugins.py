@@ -3,6 +3,14 @@
 The plugins are a real package (tests/plugin_pkgs/spmctl-hostile-plugins) pip-installed into a
 folder on PYTHONPATH; each row enables exactly one of its entry points with SPMCTL_PLUGINS and runs
 the installed `spmctl`.
+
+Mutations these tests catch (each made on purpose and seen failing): catching `Exception` instead of
+`BaseException` around plugin code (the import rows); re-raising every KeyboardInterrupt (the
+KeyboardInterrupt rows) or none (the real Ctrl-C test); no interface check on registered objects
+(the wrong-types rows); letting a plugin's provider keep a built-in's name (the same-names rows and
+`test_a_builtin_template_is_never_replaced`); no warning when a hook returns something; loading
+plugins for every command line (the help/version test); no name check on plugin commands; no check
+of a classifier's answers; no guard around third-party providers (the bad-providers rows).
 """
 
 from __future__ import annotations
