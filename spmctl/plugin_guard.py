@@ -58,7 +58,7 @@ class Guarded:
             return code()
         except SpmctlError:
             raise  # already one line for the user (e.g. "data not found")
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end spmctl with its code
             from .plugins import one_line
 
             raise SpmctlError(f"{self._where}: {attr}() failed: {one_line(exc)}") from None

@@ -10,7 +10,8 @@ KeyboardInterrupt rows) or none (the real Ctrl-C test); no interface check on re
 (the wrong-types rows); letting a plugin's provider keep a built-in's name (the same-names rows and
 `test_a_builtin_template_is_never_replaced`); no warning when a hook returns something; loading
 plugins for every command line (the help/version test); no name check on plugin commands; no check
-of a classifier's answers; no guard around third-party providers (the bad-providers rows).
+of a classifier's answers; no guard around third-party providers (the bad-providers rows); catching
+only `Exception` around a metric (the sys.exit metric row).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ ROWS = [
     pytest.param("bad-results", ["eval", "run", "-m", "list-metric", "RUN"], 1,
                  f"error: metric list-metric ({_named('bad-results')}) returned list, expected a MetricResult", "",
                  id="metric returns a list"),
+    pytest.param("bad-results", ["eval", "run", "-m", "exit-metric", "RUN"], 1,
+                 f"error: exit-metric ({_named('bad-results')}): SystemExit: 0", "", id="metric calls sys.exit"),
     pytest.param("bad-results", ["eval", "unlearncanvas", "RUN", "--style-classifier", "wrong-labels"], 1,
                  "error: classifier 'wrong-labels': predict() returned ['banana']; expected a list of 1 labels", "",
                  id="classifier answers a label it lacks"),

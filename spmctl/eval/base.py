@@ -182,7 +182,7 @@ def evaluate_all(runs: list[EvalRun], metrics: Sequence[str], options: dict[str,
         except SpmctlError as exc:
             print(f"error: {exc}", file=sys.stderr)
             results.append(MetricResult(metric=name, error=str(exc)))
-        except Exception as exc:  # a plugin's bug: report it on one line naming the plugin, keep the other metrics
+        except (Exception, SystemExit) as exc:  # a plugin's bug, even sys.exit: one line naming it, keep the others
             from ..plugins import one_line
 
             message = f"{_named(name)}: {one_line(exc)}"

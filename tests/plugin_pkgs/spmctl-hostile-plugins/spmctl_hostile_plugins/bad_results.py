@@ -1,4 +1,6 @@
-"""A metric returning the wrong type, and a classifier answering labels it does not have."""
+"""Metrics returning the wrong type or calling sys.exit, and a classifier answering labels it lacks."""
+
+import sys
 
 from spmctl.hookspecs import hookimpl
 
@@ -9,6 +11,14 @@ class ListMetric:
 
     def evaluate(self, runs, **options):  # type: ignore[no-untyped-def]
         return [1, 2, 3]
+
+
+class ExitMetric:
+    name = "exit-metric"
+    description = "calls sys.exit(0) instead of scoring"
+
+    def evaluate(self, runs, **options):  # type: ignore[no-untyped-def]
+        sys.exit(0)
 
 
 class WrongLabels:
@@ -24,6 +34,7 @@ class WrongLabels:
 @hookimpl
 def register_metrics(register):  # type: ignore[no-untyped-def]
     register(ListMetric())
+    register(ExitMetric())
 
 
 @hookimpl
