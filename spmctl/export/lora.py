@@ -9,13 +9,14 @@ metadata. A LoRA applies at one fixed strength: it has no facilitated transport.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import SpmctlError
+from ..errors import ConfigError, SpmctlError
 from ..membrane import load_membrane
 
 NO_FT_NOTE = (
@@ -38,9 +39,12 @@ def parse_weighted(text: str) -> Weighted:
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
-            return Weighted(Path(head), float(tail))
+            strength = float(tail)
         except ValueError:
-            pass
+            return Weighted(Path(text), 1.0)
+        if not math.isfinite(strength):  # would merge NaN/Inf into every adapted weight
+            raise ConfigError(f"{text}: strength {tail!r} is not a finite number")
+        return Weighted(Path(head), strength)
     return Weighted(Path(text), 1.0)
 
 
@@ -113,9 +117,9 @@ def _write(
     for key, value in tensors.items():
         value = value.detach().cpu().float() if key.endswith(ALPHA) else value.detach().cpu().to(dtype)
         if not torch.isfinite(value).all():
-            raise SpmctlError(
-                f"{out}: {key} is not finite in {dtype}; refusing to write it (try --dtype float32)"
-            )
+            # only a narrower dtype can be the cause worth suggesting a change of
+            hint = "lower the strengths" if dtype == torch.float32 else "lower the strengths or try --dtype float32"
+            raise SpmctlError(f"{out}: {key} is not finite in {dtype}; refusing to write it ({hint})")
         data[key] = value.contiguous()
     metadata = {
         "prompts": ",".join(prompts),

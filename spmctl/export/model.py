@@ -57,7 +57,7 @@ def merge_into_unet(unet: nn.Module, items: list[Weighted]) -> int:
         if not torch.isfinite(merged).all():
             raise SpmctlError(
                 f"merging gives non-finite weights in {name}; refusing to write the model "
-                "(lower the strengths or export in float32)"
+                "(lower the strengths)"  # merged in fp32 already
             )
         new[name] = merged
     for name, merged in new.items():
@@ -133,6 +133,6 @@ def export_model(
         part.to(torch_dtype(dtype))
     for name, param in model.unet.named_parameters():  # fp16 can overflow where fp32 did not
         if not torch.isfinite(param).all():
-            raise SpmctlError(f"the merged UNet's {name} is not finite in {dtype}; refusing to write it "
-                              "(export in float32 or lower the strengths)")
+            hint = "lower the strengths" if dtype == "float32" else "export in float32 or lower the strengths"
+            raise SpmctlError(f"the merged UNet's {name} is not finite in {dtype}; refusing to write it ({hint})")
     return save_single_file(model, out) if fmt == "safetensors" else save_diffusers(model, out)

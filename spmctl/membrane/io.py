@@ -88,6 +88,7 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
         raise SpmctlError(f"{path} is not a readable membrane (safetensors) file: {detail}") from None
     if not any(k.endswith(".lora_down.weight") for k in tensors):
         raise SpmctlError(f"{path} holds no membrane weights (no '*.lora_down.weight' keys)")
+    _check_values(path, tensors)
     prompts = [p.strip() for p in metadata.get("prompts", "").split(",") if p.strip()]
     try:
         rank = int(metadata["rank"]) if "rank" in metadata else _first_rank(tensors)
@@ -97,6 +98,20 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
             f"{path}: bad rank/alpha metadata {metadata.get('rank')!r}/{metadata.get('alpha')!r}"
         ) from None
     return MembraneFile(tensors=tensors, prompts=prompts, rank=rank, alpha=alpha, metadata=metadata)
+
+
+def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse what would silently ruin every image: non-finite weights, and an `.alpha` that is not
+    one number (the scale alpha/rank is applied as a scalar)."""
+    for key in sorted(tensors):
+        value = tensors[key]
+        if key.endswith(".alpha") and value.numel() != 1:
+            raise SpmctlError(f"{path}: {key} should hold one number, not a tensor of shape "
+                              f"{tuple(value.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise SpmctlError(f"{path}: {key} holds {bad} non-finite value{'s' * (bad > 1)} (NaN or Inf); "
+                              "the membrane is unusable (retrain, or use an earlier checkpoint)")
 
 
 def _first_rank(tensors: dict[str, torch.Tensor]) -> int:

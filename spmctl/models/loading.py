@@ -178,10 +178,14 @@ def _load_single_file(path: Path, *, v2: bool, v_pred: bool, config: str | None 
 
 
 def _check_pickle_safe(path: Path) -> None:
+    import zipfile
+
     import torch
 
+    # mmap works only for the zip format; the legacy (pre-1.6) format is read whole, still weights-only
+    mmap = zipfile.is_zipfile(path)
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise SpmctlError(f"{path}: unreadable checkpoint (loaded with weights_only=True, no arbitrary "
                           f"pickle): {_short(exc)}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ def load_rows(cfg: SampleConfig) -> list[PromptRow]:
             "(or the dataset selection is empty)"
         )
     return rows
+
+
+def check_inputs(cfg: SampleConfig, model: Any, rows: list[PromptRow], device: str) -> None:
+    """Before anything is generated: say what long prompts lose; refuse sizes that cannot fit."""
+    from ..models.memory import check_fits
+    from ..models.text import warn_truncated
+
+    # printed even under --quiet, like every warning: the images differ from what was asked
+    warn_truncated(model.tokenizer, [*(r.prompt for r in rows), cfg.negative_prompt],
+                   lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    batch = min(cfg.batch_size, len(rows) * cfg.images_per_prompt * len(cfg.seeds))
+    sizes = [(row.width or cfg.width, row.height or cfg.height) if cfg.row_settings else (cfg.width, cfg.height)
+             for row in rows]
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    check_fits(model, batch, height, width, device, f"{width}x{height} images with batch_size {cfg.batch_size}")
 
 
 def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
@@ -162,9 +178,9 @@ def run_sampling(
         raise SpmctlError(
             f"--multiplier: give one value or one per SPM ({len(spms)}), not {len(cfg.multiplier)}"
         )
-    model = load_sd_model(
-        cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=cfg.resolved_device()
-    )
+    device = cfg.resolved_device()  # a device this machine lacks stops here, before the model loads
+    model = load_sd_model(cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=device)
+    check_inputs(cfg, model, rows, device)
     # attach first: an SPM for another UNet fails here, before any output is touched
     stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
     try:

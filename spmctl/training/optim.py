@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from typing import Any
 
 import torch
 
 from ..config.train import Train
-from ..errors import SpmctlError
+from ..errors import ConfigError, SpmctlError
 
 # optimizer_type -> (module, attribute, pip extra or package that provides it)
 _OPTIONAL = {
@@ -18,25 +20,50 @@ _OPTIONAL = {
 }
 
 
-def build_optimizer(params: list[torch.nn.Parameter], train: Train) -> torch.optim.Optimizer:
-    lr = train.unet_lr if train.unet_lr is not None else train.lr
-    kind = train.optimizer_type
-    args = dict(train.optimizer_args)
+def optimizer_class(kind: str) -> type[torch.optim.Optimizer]:
+    """The class `train.optimizer_type` names; a missing optional package is one clear line."""
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, **args)
+        return torch.optim.AdamW
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, **args)
+        return torch.optim.SGD
     module_name, attr, install = _OPTIONAL[kind]
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         raise SpmctlError(f"train.optimizer_type = {kind!r} needs a package that is not installed: "
                           f"{install}; or set train.optimizer_type: AdamW") from None
+    return getattr(module, attr)
+
+
+def check_optimizer_args(train: Train) -> None:
+    """Refuse unknown or ill-typed `train.optimizer_args` before a model is loaded: the optimizer
+    is built once on a one-element tensor, so its own checks (betas in [0, 1), ...) run too."""
+    cls = optimizer_class(train.optimizer_type)
+    accepted = [name for name, p in inspect.signature(cls).parameters.items()
+                if name not in ("self", "params", "lr") and p.kind is not p.VAR_KEYWORD]
+    for key in train.optimizer_args:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config error: train.optimizer_args: {cls.__name__} has no option {key!r}"
+                              f"{hint}; it accepts {', '.join(accepted)}")
+    _build(cls, [torch.zeros(1, requires_grad=True)], train)
+
+
+def build_optimizer(params: list[torch.nn.Parameter], train: Train) -> torch.optim.Optimizer:
+    return _build(optimizer_class(train.optimizer_type), params, train)
+
+
+def _build(cls: type[torch.optim.Optimizer], params: list[Any], train: Train) -> torch.optim.Optimizer:
+    lr = train.unet_lr if train.unet_lr is not None else train.lr
     try:
-        return getattr(module, attr)(params, lr=lr, **args)
+        return cls(params, lr=lr, **train.optimizer_args)
+    except (TypeError, ValueError) as exc:  # a value of the wrong type or out of range
+        raise ConfigError(f"config error: train.optimizer_args {train.optimizer_args}: {cls.__name__} "
+                          f"refuses them: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # e.g. bitsandbytes without a usable backend on this machine
-        raise SpmctlError(f"train.optimizer_type = {kind!r} cannot run here: {str(exc).splitlines()[0]}; "
-                          "set train.optimizer_type: AdamW") from None
+        raise SpmctlError(f"train.optimizer_type = {train.optimizer_type!r} cannot run here: "
+                          f"{str(exc).splitlines()[0]}; set train.optimizer_type: AdamW") from None
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: Train) -> Any:

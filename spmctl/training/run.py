@@ -20,7 +20,7 @@ from ..config.train import TrainConfig
 from ..errors import SpmctlError
 from .checkpoint import atomic_write, load_state, save_state, state_path, write_text_atomic
 from .objective import Embeds, SPMObjective
-from .optim import build_lr_scheduler, build_optimizer
+from .optim import build_lr_scheduler, build_optimizer, check_optimizer_args
 from .prompts import concept_names, resolve_prompt_settings
 
 if TYPE_CHECKING:
@@ -85,6 +85,18 @@ def _embeds(model: Any, settings: list[Any], clip_skip: int) -> list[Embeds]:
     return out
 
 
+def check_inputs(model: Any, settings: list[Any], device: str, warn: Any) -> None:
+    """Say what long prompts lose; refuse a resolution or batch that cannot fit on `device`."""
+    from ..models.memory import check_fits
+    from ..models.text import warn_truncated
+
+    texts = [t for s in settings for t in (s.target, s.positive, s.neutral, s.unconditional)]
+    warn_truncated(model.tokenizer, texts, warn)
+    for s in settings:
+        check_fits(model, s.batch_size, s.resolution, s.resolution, device,
+                   f"prompt.resolution = {s.resolution} with prompt.batch_size = {s.batch_size}")
+
+
 def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
                  ddp: DataParallel | None = None, resume_hint: str = "continue with --resume") -> Path:
     """Train; returns the path of `<name>_last.safetensors`.
@@ -103,6 +115,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
             print(f"warning: {msg}", file=sys.stderr)
 
     settings = resolve_prompt_settings(cfg, warn)
+    check_optimizer_args(cfg.train)  # before the model loads and before output_dir is made
     concepts = concept_names(settings)
     if cfg.train.text_encoder_lr is not None and cfg.verbose:
         console.print("train.text_encoder_lr is unused: the text encoder has no membrane")
@@ -131,6 +144,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
                           v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision, device=device,
                           config=cfg.pretrained_model.config)
+    check_inputs(model, settings, device, warn)
     if cfg.other.use_xformers:
         _enable_xformers(model.unet, warn)
     network = MembraneNetwork(model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha, num_membranes=1)
