@@ -29,7 +29,7 @@ class FileServer:
     trickle: dict[str, float] = field(default_factory=dict)  # seconds between single bytes
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # extra response headers
     redirects: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # path -> (to, headers)
-    silent: bool = False  # accept connections, never answer
+    silent: bool = False  # accept connections, answer nothing for 8 s, then close
     stop: threading.Event = field(default_factory=threading.Event)
 
     def gets(self, path: str) -> list[str | None]:
@@ -49,7 +49,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if state.silent:
-                state.stop.wait(30)
+                state.stop.wait(8)
+                self.close_connection = True
                 return
             path = self.path.split("?", 1)[0].lstrip("/")
             range_header = self.headers.get("Range")

@@ -7,6 +7,7 @@ Areas: archive escapes, destinations, integrity, deadlines, writers, free space.
 from __future__ import annotations
 
 import os
+import random
 import re
 import resource
 import signal
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from helpers_archive import DOT_CHAIN, pathmax_chain, tar_entries, zip_entries
-from helpers_download import error_line, invoke_tiny, isolate, sha, write_manifest
+from helpers_download import error_line, invoke, invoke_tiny, isolate, sha, write_manifest
 from helpers_http import FileServer, serve
 
 from spmctl.download import load_manifest
 from spmctl.download.extract import ArchiveContentError, UnsafeArchiveError, safe_extract
 from spmctl.download.install import _cache_target
+from spmctl.download.space import HEADROOM
 
 # ---------------------------------------------------------------- archives (class 1)
 
@@ -282,6 +284,7 @@ class ServerCase:
     installed: bytes | None = V1  # the archive whose content must be installed (None: nothing)
     gets: list[str | None] | None = None  # Range headers of the final run's GETs
     args: tuple[str, ...] = ()
+    hub: bool = False  # fetch a hub id (snapshot through huggingface_hub) instead of the archive
 
 
 SERVERS = {
@@ -311,6 +314,8 @@ SERVERS = {
                                    installed=None, args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
     "silent server": ServerCase("timed out", before=lambda s: setattr(s, "silent", True), installed=None,
                                 args=("--timeout", "1")),
+    "silent hub": ServerCase("org/tiny .*: no reply within 1 s", before=lambda s: setattr(s, "silent", True),
+                             installed=None, args=("--timeout", "1"), hub=True),
 }
 
 
@@ -330,7 +335,10 @@ def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             row.before(server)
         first = len(server.requests)
         started = time.monotonic()
-        result = invoke_tiny(root, server.url, manifest, *row.args)
+        if row.hub:
+            result = invoke("model", "org/tiny", "--dest", str(root), "--endpoint", server.url, *row.args)
+        else:
+            result = invoke_tiny(root, server.url, manifest, *row.args)
         if row.expect is None:
             assert result.exit_code == 0, result.output
         else:
@@ -339,7 +347,7 @@ def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         if row.gets is not None:
             assert [rng for _p, rng in server.requests[first:]] == row.gets
     if row.installed is None:
-        assert not (root / "models/tiny").exists()
+        assert not (root / "models").exists()
         if "kept for resume" not in (row.expect or ""):
             assert [p for p in cache.rglob("*") if p.is_file()] == []  # nothing untrusted is kept either
     else:
@@ -348,3 +356,31 @@ def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
         expected = zipfile.ZipFile(io.BytesIO(row.installed)).read("big.bin")
         assert (root / "models/tiny/big.bin").read_bytes() == expected
+
+
+# ---------------------------------------------------------------- free space (class 13)
+
+NOISE = zip_entries([("file", "noise.bin", random.Random(0).randbytes(20_000))])  # incompressible: archive ≈ contents
+FREE = {  # id: (manifest kind, free bytes beyond the headroom as a multiple of the file's size, error)
+    "file moved, counted once": ("file", 1.5, None),
+    "archive and its contents both counted": ("archive", 1.5, r"need .* plus .* kept free, .* free"),
+    "archive with room for both": ("archive", 2.5, None),
+}
+
+
+@pytest.mark.parametrize("case", list(FREE))
+def test_free_space(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind, times, expect = FREE[case]
+    isolate(tmp_path, monkeypatch)  # the cache and the destination share tmp_path's disk
+    root = tmp_path / "root"
+    manifest = write_manifest(tmp_path / "m.yaml", URL, NOISE, kind=kind)
+    # the disk's free space is the one thing a test cannot arrange for real
+    monkeypatch.setattr("spmctl.download.space.free_bytes", lambda _p: HEADROOM + int(times * len(NOISE)))
+    with serve({URL: NOISE}) as server:
+        result = invoke_tiny(root, server.url, manifest)
+    if expect is None:
+        assert result.exit_code == 0, result.output
+        assert any((root / "models/tiny").iterdir())
+    else:
+        assert re.search(expect, error_line(result))
+        assert not (root / "models").exists()

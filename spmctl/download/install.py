@@ -208,17 +208,22 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
 
 
 def _hub_timeouts(timeout: float) -> None:
-    """Give every request the hub client makes a timeout (its default client waits forever)."""
-    import httpx2
+    """Give every request the hub client makes a timeout: its client has none, and some of its
+    calls (the repo listing) pass `timeout=None` themselves, so it is set on each request."""
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
 
     constants.HF_HUB_DOWNLOAD_TIMEOUT = int(max(timeout, 1))
     constants.HF_HUB_ETAG_TIMEOUT = int(max(timeout, 1))
+    bound = {"connect": CONNECT_TIMEOUT, "read": timeout, "write": timeout, "pool": timeout}
 
-    def client() -> httpx2.Client:
+    def bound_request(request) -> None:  # type: ignore[no-untyped-def]
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: given.get(k) or v for k, v in bound.items()}
+
+    def client():  # type: ignore[no-untyped-def]
         made = _http.default_client_factory()
-        made.timeout = httpx2.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        made.event_hooks["request"].append(bound_request)
         return made
 
     _http.set_client_factory(client)
@@ -238,6 +243,8 @@ def _install_hub(source: Source, dest: Path, opts: Options, console: Console) ->
                               etag_timeout=opts.timeout)
         except Exception as exc:  # the hub client raises many types; the user needs one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "timed out" in first.lower() or "timeout" in type(exc).__name__.lower():
+                first = f"no reply within {opts.timeout:g} s (--timeout)"
             raise DownloadError(f"cannot fetch {source.repo_id} from {opts.endpoint}: {first}") from None
         remove_tree(stage / ".cache")  # huggingface_hub's bookkeeping, not part of the model
         _move_into_place(stage, dest)
