@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import SPMCTL, run_spmctl
 from helpers_archive import DOT_CHAIN, pathmax_chain, tar_entries, zip_entries
 from helpers_download import error_line, invoke, invoke_tiny, isolate, sha, write_manifest
 from helpers_http import FileServer, serve
@@ -384,3 +385,33 @@ def test_free_space(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     else:
         assert re.search(expect, error_line(result))
         assert not (root / "models").exists()
+
+
+# ---------------------------------------------------------------- as a user sees it (the installed script)
+
+EVIL = zip_entries([FILE, ("symlink", "link", "ok.txt")])
+SCRIPT = {  # id: (manifest dest, served archive, make a user folder first, exit code, the line's start)
+    "refused archive": ("models/tiny", EVIL, False, 1, "error: archive member 'link' is a symbolic link"),
+    "dest . in the manifest": (".", EVIL, False, 2, "error: manifest .*m.yaml: models.tiny.dest must be"),
+    "force on a user folder": ("models/tiny", PAYLOAD, True, 1, "error: refusing to replace .*models/tiny"),
+}
+
+
+@pytest.mark.skipif(not SPMCTL.exists(), reason="console script not installed (pip install -e .)")
+@pytest.mark.parametrize("case", list(SCRIPT))
+def test_console_script_one_line(case: str, tmp_path: Path) -> None:
+    dest, served, user_folder, code, line = SCRIPT[case]
+    manifest = write_manifest(tmp_path / "m.yaml", URL, served, dest=dest)
+    root = tmp_path / "root"
+    if user_folder:
+        (root / dest).mkdir(parents=True)
+        (root / dest / "mine.txt").write_text("mine")
+    with serve({URL: served}) as server:
+        proc = run_spmctl("download", "model", "tiny", "--dest", str(root), "--endpoint", server.url,
+                          "--manifest", str(manifest), "--force", env={"SPMCTL_CACHE_DIR": str(tmp_path / "c")})
+    assert proc.returncode == code
+    errors = [text for text in proc.stderr.splitlines() if text.startswith("error")]
+    assert len(errors) == 1 and re.match(line, errors[0]), proc.stderr  # progress notes may come before
+    assert proc.stderr.rstrip().endswith(errors[0]) and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["m.yaml"] + (["mine.txt"] * user_folder)

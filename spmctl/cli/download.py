@@ -69,14 +69,14 @@ def model(
     """Download a model: the seed's `compvis`/`diffuser` archives, or any hub id into models/<id>."""
     from ..download import hub_model_source, load_manifest
     from ..download.manifest import unknown_message
-    from ..errors import SpmctlError
+    from ..errors import ConfigError
 
     sources = load_manifest(manifest)
     source = sources.model(name)
     if source is None:
         if "/" not in name:
             known = unknown_message("model", name, list(sources.models))
-            raise SpmctlError(f"{known}, or a hub id (org/name)")
+            raise ConfigError(f"{known}, or a hub id (org/name)")
         source = hub_model_source(name, revision)
     _run(source, dest, endpoint, force, cache_dir, retries, quiet, timeout, min_rate)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..errors import SpmctlError
+from ..errors import ConfigError, SpmctlError
 from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
 from .manifest import Source
 from .record import check_replaceable, remember
@@ -69,7 +69,7 @@ class Result:
 def hub_model_source(repo_id: str, revision: str | None = None) -> Source:
     """A hub model id (`org/name`) as a source fetched into `models/<org>/<name>`."""
     if not HUB_ID.match(repo_id) or ".." in repo_id:
-        raise SpmctlError(f"not a model name or hub id (org/name): {repo_id!r}")
+        raise ConfigError(f"not a model name or hub id (org/name): {repo_id!r}")
     return Source(kind="model", name=repo_id, variant=None, fetch="hub", dest=f"models/{repo_id}",
                   repo_id=repo_id, repo_type="model", revision=revision)
 

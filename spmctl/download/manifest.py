@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from ..errors import SpmctlError
+from ..errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MANIFEST_ENV = "SPMCTL_SOURCES"
@@ -52,7 +52,7 @@ class Source:
 
     def resolve_url(self, endpoint: str) -> str:
         if self.url is None:
-            raise SpmctlError(f"source {self.label!r} has no url")
+            raise ConfigError(f"source {self.label!r} has no url")
         if self.url.startswith(("http://", "https://")):
             return self.url
         return f"{endpoint.rstrip('/')}/{self.url.lstrip('/')}"
@@ -74,10 +74,10 @@ class Manifest:
     def dataset(self, name: str, variant: str) -> Source:
         canonical = self.aliases.get(name, name)
         if canonical not in self.datasets:
-            raise SpmctlError(unknown_message("dataset", name, list(self.datasets) + list(self.aliases)))
+            raise ConfigError(unknown_message("dataset", name, list(self.datasets) + list(self.aliases)))
         variants = self.datasets[canonical]
         if variant not in variants:
-            raise SpmctlError(unknown_message(f"variant of {canonical}", variant, list(variants)))
+            raise ConfigError(unknown_message(f"variant of {canonical}", variant, list(variants)))
         return variants[variant]
 
     def all_sources(self) -> list[Source]:
@@ -105,42 +105,42 @@ def _opt_int(where: str, key: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpmctlError(f"manifest: {where}.{key} must be a non-negative integer or null, got {value!r}")
+        raise ConfigError(f"manifest: {where}.{key} must be a non-negative integer or null, got {value!r}")
     return value
 
 
 def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
     where = f"{kind}s.{name}" + (f".variants.{variant}" if variant else "")
     if not isinstance(raw, dict):
-        raise SpmctlError(f"manifest: {where} must be a mapping")
+        raise ConfigError(f"manifest: {where} must be a mapping")
     known = {"description", "kind", "url", "archive", "size", "approx_size", "sha256", "dest", "unwrap",
              "max_ratio", "repo_id", "repo_type", "revision", "aliases", "variants", "links"}
     extra = set(raw) - known
     if extra:
-        raise SpmctlError(f"manifest: unknown key {where}.{sorted(extra)[0]}")
+        raise ConfigError(f"manifest: unknown key {where}.{sorted(extra)[0]}")
     fetch = raw.get("kind", "archive")
     if fetch not in KINDS:
-        raise SpmctlError(f"manifest: {where}.kind must be one of {', '.join(KINDS)}, got {fetch!r}")
+        raise ConfigError(f"manifest: {where}.kind must be one of {', '.join(KINDS)}, got {fetch!r}")
     dest = raw.get("dest")
     parts = PurePosixPath(dest).parts if isinstance(dest, str) else ()
     # A strict subfolder: `.` (or an empty path) would make --dest itself the thing replaced.
     if not parts or PurePosixPath(dest).is_absolute() or ".." in parts or "\\" in dest:
-        raise SpmctlError(f"manifest: {where}.dest must be a folder strictly inside --dest "
+        raise ConfigError(f"manifest: {where}.dest must be a folder strictly inside --dest "
                           f"(relative, no '..'), got {dest!r}")
     dest = "/".join(parts)
     if fetch in ("archive", "file") and not raw.get("url"):
-        raise SpmctlError(f"manifest: {where}.url is required for kind {fetch}")
+        raise ConfigError(f"manifest: {where}.url is required for kind {fetch}")
     if fetch == "hub" and not raw.get("repo_id"):
-        raise SpmctlError(f"manifest: {where}.repo_id is required for kind hub")
+        raise ConfigError(f"manifest: {where}.repo_id is required for kind hub")
     archive = raw.get("archive") if fetch == "archive" else None
     if fetch == "archive" and archive not in ARCHIVE_TYPES:
-        raise SpmctlError(f"manifest: {where}.archive must be one of {', '.join(ARCHIVE_TYPES)}")
+        raise ConfigError(f"manifest: {where}.archive must be one of {', '.join(ARCHIVE_TYPES)}")
     links = raw.get("links", False)
     if not isinstance(links, bool):
-        raise SpmctlError(f"manifest: {where}.links must be true or false, got {links!r}")
+        raise ConfigError(f"manifest: {where}.links must be true or false, got {links!r}")
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
-        raise SpmctlError(f"manifest: {where}.sha256 must be 64 hex digits or null")
+        raise ConfigError(f"manifest: {where}.sha256 must be 64 hex digits or null")
     return Source(
         kind=kind, name=name, variant=variant, fetch=fetch, dest=dest,
         description=raw.get("description", ""), url=raw.get("url"), archive=archive,
@@ -154,14 +154,14 @@ def _source(kind: Kind, name: str, variant: str | None, raw: Any) -> Source:
 
 def parse_manifest(data: Any) -> Manifest:
     if not isinstance(data, dict):
-        raise SpmctlError("manifest: top level must be a mapping")
+        raise ConfigError("manifest: top level must be a mapping")
     models = {name: _source("model", name, None, raw) for name, raw in (data.get("models") or {}).items()}
     datasets: dict[str, dict[str, Source]] = {}
     aliases: dict[str, str] = {}
     for name, raw in (data.get("datasets") or {}).items():
         variants = raw.get("variants") if isinstance(raw, dict) else None
         if not isinstance(variants, dict) or not variants:
-            raise SpmctlError(f"manifest: datasets.{name}.variants must be a non-empty mapping")
+            raise ConfigError(f"manifest: datasets.{name}.variants must be a non-empty mapping")
         datasets[name] = {}
         for variant, vraw in variants.items():
             merged = {"description": raw.get("description", ""), **vraw}
@@ -187,9 +187,12 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
     try:
         text = chosen.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpmctlError(f"cannot read manifest {chosen}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read manifest {chosen}: {exc.strerror or exc}") from None
     try:
         data = json.loads(text) if chosen.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise SpmctlError(f"manifest {chosen} is not valid: {str(exc).splitlines()[0]}") from None
-    return parse_manifest(data)
+        raise ConfigError(f"manifest {chosen} is not valid: {str(exc).splitlines()[0]}") from None
+    try:
+        return parse_manifest(data)
+    except ConfigError as exc:  # name the file: the user may have several manifests
+        raise ConfigError(str(exc).replace("manifest:", f"manifest {chosen}:", 1)) from None
