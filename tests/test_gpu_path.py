@@ -2,11 +2,11 @@
 first-use self-check (through its SPMCTL_TEST_FAULT hook), and `spmctl doctor`.
 
 Mutations these tests catch (each was made on purpose and seen to fail):
-- cuda_arch_flags ignores the capabilities (always the AOT list), or drops the PTX of the newest arch;
-- a device newer than the compiler is not clamped to the compiler's newest arch;
-- membrane() re-raises a launch failure instead of falling back, or warns on every call;
+- cuda_arch_flags ignores the capabilities (`elif capabilities:` -> `elif False:`), or drops the PTX
+  of the newest arch;
+- membrane() re-raises a launch failure instead of falling back (caught_at_the_call);
 - the self-check's mismatch does not disable the device (`if problem:` -> `if False:`);
-- doctor omits a field, or reports the build folder without honouring TORCH_EXTENSIONS_DIR.
+- build_root ignores TORCH_EXTENSIONS_DIR (the doctor test).
 """
 
 from __future__ import annotations

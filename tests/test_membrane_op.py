@@ -3,13 +3,15 @@
 Op tests take the `device` fixture (tests/conftest.py): CPU always, CUDA where a GPU is (`-m cuda`).
 
 Mutations these tests catch (each was made on purpose and seen to fail):
-- membrane() never picks the fused op (`backend == "fused"` -> `False`): test_dispatcher_*;
-- membrane_() skips the in-place kernel: test_dispatcher_picks_the_fused_op_where_it_applies;
-- the fused fixture unused in the UNet comparison: test_fused_and_reference_agree_in_the_unet
-  (tests/test_membrane_network.py) asserts the fused run called the spmctl ops;
-- a schema that drops the in-place op's `(a!)` annotation: test_opcheck_inplace;
-- a wrong forward or backward kernel result (SPMCTL_TEST_FAULT): tests/test_gpu_path.py;
-- JIT arch flags ignoring the visible GPUs or dropping the PTX: tests/test_gpu_path.py.
+- membrane() never picks the fused op (its `if backend == "fused" ...` -> `if False`):
+  test_dispatcher_picks_the_fused_op_where_it_applies, and the training case of
+  test_fused_and_reference_agree_in_the_unet (tests/test_membrane_network.py);
+- membrane_() never takes the in-place kernel: test_dispatcher_picks_the_fused_op_where_it_applies;
+- the in-place op declared as returning its aliased input (`-> Tensor(a!)`, the schema before):
+  test_opcheck_inplace (such an op cannot be functionalised under torch.compile);
+- the UNet comparison run on the reference twice: test_fused_and_reference_agree_in_the_unet asserts
+  which spmctl ops each run called;
+- the launch-failure, self-check and arch-flag mutations listed in tests/test_gpu_path.py.
 """
 
 from __future__ import annotations
