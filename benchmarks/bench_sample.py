@@ -87,14 +87,16 @@ def sd15_shaped_model():
     return SDModel(tokenizer, text, unet, vae, dict(SCHEDULER_CONFIG), "random weights, SD 1.x shapes")
 
 
-def save_sd15_shaped(folder: str | Path, dtype: str = "float16") -> Path:
+def save_sd15_shaped(folder: str | Path, dtype: str = "float16", device: str = "cpu") -> Path:
     """sd15_shaped_model() as a diffusers folder, for benchmarks that load a model by path (bench_train,
-    gpu_check.sh): `python -c "import bench_sample as b; b.save_sd15_shaped('m')"` in benchmarks/."""
+    gpu_check.sh): `python -c "import bench_sample as b; b.save_sd15_shaped('m')"` in benchmarks/.
+    `device="cuda"` draws the random weights there (seconds, against minutes on a busy CPU)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from spmctl.models.loading import torch_dtype
 
-    model = sd15_shaped_model()
+    with torch.device(device):
+        model = sd15_shaped_model()
     pipe = StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None,

@@ -73,7 +73,7 @@ done
 
 # 4-5. training and sampling on the SD-shaped random model
 if [ "$DRY" != 1 ]; then
-  step sd15_shaped 60 sh -c "cd benchmarks && '$PY' -c \"import bench_sample as b; b.save_sd15_shaped('$OUT/sd15-shaped')\""
+  step sd15_shaped 60 sh -c "cd benchmarks && '$PY' -c \"import bench_sample as b; b.save_sd15_shaped('$OUT/sd15-shaped', device='cuda')\""
 fi
 for dtype in $DTYPES; do
   if [ "$dtype" = bfloat16 ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_bf16_supported() else 1)"; then
