@@ -26,7 +26,8 @@ class FileServer:
     range_from_zero: set[str] = field(default_factory=set)  # a Range gets 206 with the body from byte 0
     ignore_if_range: set[str] = field(default_factory=set)  # 206 even when If-Range names an old version
     close_delimited: set[str] = field(default_factory=set)  # no Content-Length: the body ends at close
-    trickle: dict[str, float] = field(default_factory=dict)  # seconds between single bytes
+    trickle: dict[str, float] = field(default_factory=dict)  # seconds between single bytes of the body
+    trickle_headers: dict[str, float] = field(default_factory=dict)  # ... of the status line and headers
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # extra response headers
     redirects: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # path -> (to, headers)
     silent: bool = False  # accept connections, answer nothing for 8 s, then close
@@ -90,6 +91,11 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._send(path, body[:cut] if cut is not None else body)
                 self.close_connection = True
                 return
+            if path in state.trickle_headers:
+                head = f"HTTP/1.1 {status} OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                self._send(path, head, state.trickle_headers[path])
+                self._send(path, body)
+                return
             if cut is None:
                 self._head(status, len(body), headers)
                 self._send(path, body)
@@ -100,8 +106,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _send(self, path: str, body: bytes) -> None:
-            delay = state.trickle.get(path)
+        def _send(self, path: str, body: bytes, delay: float | None = None) -> None:
+            delay = delay if delay is not None else state.trickle.get(path)
             if delay is None:
                 self.wfile.write(body)
                 self.wfile.flush()

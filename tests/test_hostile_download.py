@@ -313,8 +313,10 @@ SERVERS = {
                                                 installed=None),
     "trickling server": ServerCase("too slow: .* kept for resume", before=lambda s: s.trickle.update({URL: 0.05}),
                                    installed=None, args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
-    "silent server": ServerCase("timed out", before=lambda s: setattr(s, "silent", True), installed=None,
-                                args=("--timeout", "1")),
+    "headers trickled": ServerCase("no complete reply within 1 s", installed=None, args=("--timeout", "1"),
+                                   before=lambda s: s.trickle_headers.update({URL: 0.05})),
+    "silent server": ServerCase("timed out|no complete reply within 1 s", installed=None, args=("--timeout", "1"),
+                                before=lambda s: setattr(s, "silent", True)),
     "silent hub": ServerCase("org/tiny .*: no reply within 1 s", before=lambda s: setattr(s, "silent", True),
                              installed=None, args=("--timeout", "1"), hub=True),
 }

@@ -11,7 +11,11 @@
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .space import human_size
 
@@ -20,7 +24,33 @@ PUBLISHED_HASH_HEADERS = ("X-Linked-Etag",)  # huggingface.co and its mirrors, o
 
 
 class TooSlow(Exception):
-    """Fewer bytes than the minimum rate arrived over a whole window."""
+    """Fewer bytes than the minimum rate arrived over a whole window, or the headers took too long."""
+
+
+@contextmanager
+def header_deadline(seconds: float) -> Iterator[None]:
+    """Raise TooSlow if the block (connecting and reading the reply's headers) outlasts `seconds`.
+
+    A per-read timeout never fires on a server that sends its headers a byte at a time, and
+    requests has no overall deadline, so a real-time timer interrupts the blocked read. It is
+    used only on the main thread (where signals arrive) and when no one else uses SIGALRM.
+    """
+    usable = (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
+    if not usable:
+        yield
+        return
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TooSlow(f"no complete reply within {seconds:g} s (--timeout)")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def content_range(value: str | None) -> tuple[int, int, int | None] | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SpmctlError
-from .integrity import RateGuard, TooSlow, published_sha256, resume_problem, validator_of
+from .integrity import RateGuard, TooSlow, header_deadline, published_sha256, resume_problem, validator_of
 from .space import human_size
 
 CHUNK = 1 << 20
@@ -148,8 +148,10 @@ def fetch(
                     headers["If-Range"] = meta["validator"]
             received = 0
             try:
-                with session.get(job.url, headers=headers, stream=True,
-                                 timeout=(CONNECT_TIMEOUT, job.timeout)) as resp:
+                with header_deadline(job.timeout):  # a server may trickle its headers too
+                    response = session.get(job.url, headers=headers, stream=True,
+                                           timeout=(CONNECT_TIMEOUT, job.timeout))
+                with response as resp:
                     if resp.status_code == 416 and have:
                         # Nothing left to send: the part is already whole (or the file shrank).
                         total = _total_from(resp)
