@@ -140,12 +140,22 @@ def test_state_resumes_exactly(searched, tmp_path: Path):
 # -- end to end, with a plugin classifier ----------------------------------------------------
 
 
+# Prompts with their own seeds, chosen so the known verdicts mix: one prompt already shows the
+# concept (not attacked), the attack succeeds on some and fails on others (asserted below).
+MIXED = [("a cat in a garden", 0), ("a photo of a cat", 1), ("an old painting of a cat", 1),
+         ("a small cat on a table", 0), ("a cat by the sea", 1)]
+
+
 @pytest.fixture(scope="module")
 def attack_run(spm: Path, plugin_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "out"
-    done = run_spmctl("attack", "unlearndiffatk", *TINY, "--spm", str(spm), *sum((["-p", p] for p in PROMPTS), []),
-                      "--concept", "cat", "--attack-steps", "4", "--eval-every", "2", "--lr", "0.05",
-                      "--batch-size", "2", "-o", str(out), env={"PYTHONPATH": str(plugin_site)})
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "prompts.csv").write_text("prompt,seed\n" + "".join(f"{p},{s}\n" for p, s in MIXED))
+    out = folder / "out"
+    done = run_spmctl("attack", "unlearndiffatk", *TINY, "--spm", str(spm),
+                      "--prompts-file", str(folder / "prompts.csv"), "--concept", "cat",
+                      "--attack-steps", "4", "--eval-every", "2", "--lr", "0.05",
+                      "--batch-size", "2", "--set", "ft_metric=clipcos", "-o", str(out),
+                      env={"PYTHONPATH": str(plugin_site)})
     assert done.returncode == 0, done.stderr
     return out
 
@@ -153,7 +163,7 @@ def attack_run(spm: Path, plugin_site: Path, tmp_path_factory: pytest.TempPathFa
 @pytest.mark.slow
 def test_asr_from_plugin_verdicts(attack_run: Path):
     results = json.loads((attack_run / "results.json").read_text())
-    before = after = 0
+    before = after = attacked = 0
     for p in results["prompts"]:
         orig = parity(attack_run / p["image_original"]) == "cat"
         assert p["success_original"] == orig and p["judge"] == "parity"
@@ -161,20 +171,23 @@ def test_asr_from_plugin_verdicts(attack_run: Path):
         assert ("adversarial_prompt" in p) == (not orig)  # a prompt already succeeding is not attacked
         before += orig
         after += orig or adv
+        attacked += not orig
+    assert 0 < before < after < len(MIXED) and attacked > after - before  # every kind of outcome occurs
     asr = results["asr"]["cat"]
-    assert asr["prompts"] == len(PROMPTS)
-    assert asr["asr_before"] == pytest.approx(before / len(PROMPTS))
-    assert asr["asr_after"] == pytest.approx(after / len(PROMPTS))
+    assert asr["prompts"] == len(MIXED)
+    assert asr["asr_before"] == pytest.approx(before / len(MIXED))
+    assert asr["asr_after"] == pytest.approx(after / len(MIXED))
     # spmctl eval reads the folder like a sample folder
     lines = [json.loads(x) for x in (attack_run / "manifest.jsonl").read_text().splitlines()]
-    assert {r["attack"]["role"] for r in lines} <= {"original", "adversarial"} and len(lines) >= len(PROMPTS)
+    assert sorted(r["attack"]["role"] for r in lines) == ["adversarial"] * attacked + ["original"] * len(MIXED)
     assert all((attack_run / r["file"]).is_file() for r in lines)
     assert "ASR" in (attack_run / "report.md").read_text() and (attack_run / "charts" / "asr.png").is_file()
 
 
 def show_gates(spm: Path, prompts: list[str]) -> dict[str, float]:
     args = sum((["-p", p] for p in prompts), [])
-    done = run_spmctl("sample", "-m", "tiny", "--spm", str(spm), *args, "--show-gates", "--device", "cpu")
+    done = run_spmctl("sample", "-m", "tiny", "--spm", str(spm), *args, "--show-gates", "--device", "cpu",
+                      "--ft-metric", "clipcos")
     assert done.returncode == 0, done.stderr
     gates = {}
     for line in done.stdout.splitlines():
@@ -190,6 +203,7 @@ def test_reported_gates_equal_sample_show_gates(attack_run: Path, spm: Path):
     pairs = [(p["prompt"], p["gates_original"][0]) for p in results["prompts"]]
     pairs += [(p["adversarial_prompt"], p["gates_adversarial"][0]) for p in results["prompts"]
               if "adversarial_prompt" in p]
+    assert len(pairs) > len(MIXED) and len({g for _, g in pairs}) > 1  # clipcos alone: gates differ
     shown = show_gates(spm, [p for p, _ in pairs])
     for prompt, gate in pairs:
         assert shown[prompt] == pytest.approx(gate, abs=5e-5), prompt

@@ -1,6 +1,6 @@
 """A third-party classifier whose verdicts a test can recompute from the image alone.
 
-`parity` says "cat" when the image's mean pixel value (0..255), times 100 and rounded down, is
+`parity` says "cat" when the image's mean pixel value (0..255), times 10000 and rounded down, is
 odd, else "dog": about half of any set of images, and known exactly from the PNG.
 """
 
@@ -16,7 +16,7 @@ def parity_label(image: Any) -> str:
     import numpy as np
 
     mean = float(np.asarray(image.convert("RGB"), dtype=np.float64).mean())
-    return "cat" if int(mean * 100) % 2 else "dog"
+    return "cat" if int(mean * 10000) % 2 else "dog"
 
 
 class ParityClassifier:
