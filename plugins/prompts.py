@@ -8,6 +8,8 @@ names other benchmarks ship for the same thing (`sd_seed`/`evaluation_seed`,
 from __future__ import annotations
 
 import csv
+import io
+import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 from spmctl.errors import SpmctlError
 from spmctl.hookspecs import hookimpl
 from spmctl.providers import PromptRow, as_list, check_options
+from spmctl.textio import read_text_file
 
 # PromptRow field -> accepted CSV column names, first match wins (compared case-insensitively).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -46,23 +49,31 @@ def _number(path: Path, line: int, column: str, text: str | None, kind: type) ->
 
 
 def read_csv(path: Path) -> Iterator[PromptRow]:
-    """Rows of a prompt CSV; a `prompt` column is required, the rest is optional."""
+    """Rows of a prompt CSV; a `prompt` column is required, the rest is optional.
+
+    Parsed strictly: a stray quote is an error naming the line, not rows silently merged; a quoted
+    field that legitimately spans lines is read, with a warning naming the lines."""
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""), strict=True)
+    start = 1
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise SpmctlError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with handle:
-        reader = csv.DictReader(handle)
         header = {name.strip().casefold(): name for name in (reader.fieldnames or [])}
         if "prompt" not in header:
             shown = ", ".join(reader.fieldnames or []) or "none"
             raise SpmctlError(f"{path}: no 'prompt' column (columns: {shown})")
         chosen = {field: next((header[c] for c in names if c in header), None)
                   for field, names in COLUMNS.items()}
-        for line, record in enumerate(reader, start=2):
-            row = _row(path, line, record, header["prompt"], chosen)
+        start = reader.line_num + 1
+        for record in reader:
+            if reader.line_num > start:
+                print(f"warning: {path}:{start}-{reader.line_num}: one record spans these lines (a quoted "
+                      "field holds line breaks); if a quote is stray, fix it: rows were merged", file=sys.stderr)
+            row = _row(path, reader.line_num, record, header["prompt"], chosen)
             if row is not None:
                 yield row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise SpmctlError(f"{path}:{start}: malformed CSV ({exc}); a stray quote? "
+                          'Quote a field that holds commas or quotes, doubling its quotes ("")') from None
 
 
 def _row(path: Path, line: int, record: dict[str, str], prompt_column: str,
@@ -95,11 +106,7 @@ def _row(path: Path, line: int, record: dict[str, str], prompt_column: str,
 
 def read_text(path: Path) -> Iterator[PromptRow]:
     """One prompt per line; blank lines and `#` comments are skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as exc:
-        raise SpmctlError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for line in lines:
+    for line in read_text_file(path).splitlines():
         text = line.strip()
         if text and not text.startswith("#"):
             yield PromptRow(prompt=text)

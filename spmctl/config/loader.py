@@ -24,7 +24,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SpmctlError
+from ..textio import read_text_file
 from .yamlsafe import YAMLBoundError, safe_load_bounded
 
 ENV_PREFIX = "SPMCTL_"
@@ -77,9 +78,9 @@ def read_yaml(path: str | Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"config error: {path}: is a directory, expected a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config error: {path}: cannot read: {exc}") from None
+        text = read_text_file(path)
+    except SpmctlError as exc:
+        raise ConfigError(f"config error: {exc}") from None
     try:
         return safe_load_bounded(text)
     except YAMLBoundError as exc:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SpmctlError
 from . import dist as scale_dist
 from .manifest import SweepManifest
 
@@ -43,10 +43,12 @@ class SweepSpec:
 
 def read_concept_file(path: Path) -> list[str]:
     """One concept per line; blank lines and `#` comments are skipped."""
+    from ..textio import read_text_file
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config error: --sweep {path}: {exc.strerror or exc}") from None
+        text = read_text_file(path)
+    except SpmctlError as exc:
+        raise ConfigError(f"config error: --sweep {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
