@@ -221,8 +221,12 @@ def _hub_timeouts(timeout: float) -> None:
         given = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = {k: given.get(k) or v for k, v in bound.items()}
 
+    factory = getattr(_http, "default_client_factory", None)
+    if factory is None or not hasattr(_http, "set_client_factory"):
+        return  # huggingface_hub < 1.0 (requests-based): its own timeouts (constants above) apply
+
     def client():  # type: ignore[no-untyped-def]
-        made = _http.default_client_factory()
+        made = factory()
         made.event_hooks["request"].append(bound_request)
         return made
 
