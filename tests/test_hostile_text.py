@@ -19,6 +19,7 @@ FILES: dict[str, bytes] = {
     "utf16.txt": "café au lait\nthé vert\n".encode("utf-16"),  # with its BOM, as Windows editors save it
     "bom.csv": "prompt,seed\ncafé au lait,1\n".encode("utf-8-sig"),
     "utf16.yaml": "template_name: café\n".encode("utf-16"),
+    "big_seed.csv": b"prompt,seed\na cat,1\nb dog,1e30\n",
     "multiline.csv": b'prompt,seed\n"a cat\non a mat",1\nb dog,2\n',
 }
 
@@ -34,6 +35,8 @@ CASES = [
                  id="csv-unclosed-quote"),
     pytest.param([*SAMPLE, "--prompts-file", "junk_after_quote.csv"], 1,
                  ["junk_after_quote.csv:3:", "malformed CSV"], id="csv-text-after-quote"),
+    pytest.param([*SAMPLE, "--prompts-file", "big_seed.csv"], 1, ["prompt 2 ('b dog')", "seed", "2^64"],
+                 id="csv-seed-2**64"),
     pytest.param(["train", "--sweep", "sweep.txt", "--devices", "cpu", "-m", "tiny", "--output_dir", "out"], 2,
                  ["--sweep sweep.txt", "not UTF-8", "offset 6"], id="sweep-latin1"),
     pytest.param(["train", "-c", "config.yaml", "--print-config"], 2, ["config.yaml", "not UTF-8", "offset 18"],

@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from ..config.sample import SampleConfig
+from ..config.train import MAX_SEED
 from ..errors import SpmctlError
 from ..providers import PromptRow
 from ..scale.shard import SampleShard, for_this_rank
@@ -66,6 +67,9 @@ def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
             )
         guidance = row.guidance_scale if own and row.guidance_scale is not None else cfg.guidance
         seeds = [row.seed] if own and row.seed is not None else cfg.seeds
+        if any(not 0 <= s <= MAX_SEED - cfg.images_per_prompt + 1 for s in seeds):  # a file's own seed
+            raise SpmctlError(f"prompt {r + 1} ({row.prompt[:40]!r}): seed {seeds[0]} is outside 0..2^64-1 "
+                              "(with the image index added); fix the file or use --no-row-settings")
         for seed, index in itertools.product(seeds, range(cfg.images_per_prompt)):
             jobs.append(
                 Job(
