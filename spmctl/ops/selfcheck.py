@@ -90,7 +90,7 @@ def launch_failed(device: torch.device, exc: BaseException) -> bool:
         return False
     first = next((line for line in message.splitlines() if any(t in line for t in LAUNCH_ERRORS)), message)
     disable(device, f"its kernel cannot launch there ({first.strip()[:200]})")
-    _results[f"{_device(device)}"] = "launch failed"
+    _results[f"{_device(device)}"] = f"launch failed: {first.strip()[:200]}"
     return True
 
 
