@@ -261,7 +261,7 @@ def _progress(folder: Path, total: int, started: float):
     def tick() -> None:
         while not done.wait(1.0 if tty else 15.0):
             objects = sum(1 for p in folder.glob("*.o") if p.stat().st_mtime >= started)
-            line = f"  compiled {objects}/{total} files, {time.time() - started:.0f} s"
+            line = f"  compiling {total} files in parallel: {objects} done, {time.time() - started:.0f} s"
             _say("\r" + line if tty else line, end="" if tty else "\n")
 
     thread = threading.Thread(target=tick, daemon=True)
