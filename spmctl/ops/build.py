@@ -272,7 +272,7 @@ def _progress(folder: Path, total: int, started: float):
         done.set()
         thread.join()
         if tty:
-            _say("\r" + " " * 40 + "\r", end="")
+            _say("\r" + " " * 70 + "\r", end="")
 
 
 def build_and_load(verbose: bool = False, progress: bool = False) -> Path:
