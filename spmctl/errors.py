@@ -13,3 +13,19 @@ class ConfigError(SpmctlError):
     """Bad configuration (file, key, value): exit code 2, like a usage error."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException, *, limit: int | None = None, with_type: bool = False) -> str:
+    """The first non-blank line of an exception's message, for a one-line diagnostic.
+
+    Libraries raise multi-paragraph messages (and sometimes empty ones, where `splitlines()[0]`
+    would itself raise IndexError): an empty message falls back to the exception's class name.
+    `limit` cuts very long lines; `with_type` prefixes the class name ("ValueError: ...").
+    """
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if limit is not None:
+        text = text[:limit]
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -59,9 +59,9 @@ class Guarded:
         except SpmctlError:
             raise  # already one line for the user (e.g. "data not found")
         except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end spmctl with its code
-            from .plugins import one_line
+            from .errors import one_line
 
-            raise SpmctlError(f"{self._where}: {attr}() failed: {one_line(exc)}") from None
+            raise SpmctlError(f"{self._where}: {attr}() failed: {one_line(exc, with_type=True)}") from None
 
     def _rows(self, attr: str, rows: Any) -> Iterator[PromptRow]:
         iterator = self._run(attr, lambda: iter(rows))

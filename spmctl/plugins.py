@@ -28,7 +28,7 @@ from typing import Any
 import pluggy
 
 from . import __version__, hookspecs
-from .errors import SpmctlError
+from .errors import SpmctlError, one_line
 from .providers import DatasetProvider, ImageClassifier, Metric, TemplateProvider
 
 ENTRY_POINT_GROUP = "spmctl"
@@ -90,11 +90,6 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _allowed(name: str) -> bool:
     """SPMCTL_PLUGINS (comma-separated entry-point names) limits third-party plugins."""
     allow = os.environ.get(ALLOW_ENV)
@@ -139,7 +134,7 @@ def _register(name: str, package: str, version: str, builtin: bool, load: Callab
             pm.register(load(), name=name)
         except BaseException as exc:  # SystemExit/KeyboardInterrupt too: a plugin must not end spmctl
             _contain(exc, state)
-            error = one_line(exc)
+            error = one_line(exc, with_type=True)
     _plugins.append(PluginInfo(name, package, version, builtin, error))
     if error:
         warn(f"plugin {name!r} ({package} {version}) failed to load: {error}")
@@ -183,7 +178,7 @@ def run_plugin_code(owner: str, what: str, code: Callable[[], Any]) -> tuple[boo
             return True, code()
         except BaseException as exc:  # SystemExit/KeyboardInterrupt too: a plugin must not end spmctl
             _contain(exc, state)
-            warn(f"{describe(owner)} failed in {what}: {one_line(exc)}")
+            warn(f"{describe(owner)} failed in {what}: {one_line(exc, with_type=True)}")
             return False, None
 
 

@@ -39,3 +39,16 @@ def test_shell_completion_script():
     result = run_spmctl("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert result.returncode == 0
     assert "_SPMCTL_COMPLETE" in result.stdout
+
+
+@pytest.mark.parametrize(("exc", "kwargs", "expected"), [
+    (ValueError(""), {}, "ValueError"),  # an empty message once raised IndexError in the handler itself
+    (OSError("  \n"), {"with_type": True}, "OSError"),
+    (RuntimeError("\n  first line  \nsecond line"), {}, "first line"),
+    (KeyError("k"), {"with_type": True}, "KeyError: 'k'"),
+    (ValueError("x" * 50), {"limit": 10}, "x" * 10),
+])
+def test_error_one_liner(exc: BaseException, kwargs: dict, expected: str):
+    from spmctl.errors import one_line
+
+    assert one_line(exc, **kwargs) == expected

@@ -24,7 +24,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, one_line
 from ..textio import read_text_file
 from .yamlsafe import YAMLBoundError, safe_load_bounded
 
@@ -88,7 +88,7 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise ConfigError(f"config error: {path}: invalid YAML{where}: {problem}") from None
 
 

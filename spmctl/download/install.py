@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, one_line
 from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
 from .manifest import Source
 from .record import check_replaceable, remember
@@ -246,7 +246,7 @@ def _install_hub(source: Source, dest: Path, opts: Options, console: Console) ->
                               local_dir=stage, endpoint=opts.endpoint, token=opts.token,
                               etag_timeout=opts.timeout)
         except Exception as exc:  # the hub client raises many types; the user needs one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = one_line(exc)
             if "timed out" in first.lower() or "timeout" in type(exc).__name__.lower():
                 first = f"no reply within {opts.timeout:g} s (--timeout)"
             raise DownloadError(f"cannot fetch {source.repo_id} from {opts.endpoint}: {first}") from None

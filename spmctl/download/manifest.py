@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MANIFEST_ENV = "SPMCTL_SOURCES"
@@ -191,7 +191,7 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
     try:
         data = json.loads(text) if chosen.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"manifest {chosen} is not valid: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"manifest {chosen} is not valid: {one_line(exc)}") from None
     try:
         return parse_manifest(data)
     except ConfigError as exc:  # name the file: the user may have several manifests

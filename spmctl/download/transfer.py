@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, one_line
 from .integrity import RateGuard, TooSlow, header_deadline, published_sha256, resume_problem, validator_of
 from .space import human_size
 
@@ -215,7 +215,7 @@ def fetch(
                 attempts_left -= 1
                 time.sleep(backoff)
             except requests.RequestException as exc:  # a malformed URL, too many redirects, ...
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                first = one_line(exc)
                 raise DownloadError(f"cannot download {job.url}: {first}") from None
     expected = job.sha256 or published
     if job.size is None and not announced and not expected:

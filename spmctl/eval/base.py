@@ -183,9 +183,9 @@ def evaluate_all(runs: list[EvalRun], metrics: Sequence[str], options: dict[str,
             print(f"error: {exc}", file=sys.stderr)
             results.append(MetricResult(metric=name, error=str(exc)))
         except (Exception, SystemExit) as exc:  # a plugin's bug, even sys.exit: one line naming it, keep the others
-            from ..plugins import one_line
+            from ..errors import one_line
 
-            message = f"{_named(name)}: {one_line(exc)}"
+            message = f"{_named(name)}: {one_line(exc, with_type=True)}"
             print(f"error: {message}", file=sys.stderr)
             results.append(MetricResult(metric=name, error=message))
     return results

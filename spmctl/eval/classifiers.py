@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, one_line
 from ..providers import ImageClassifier
 from .base import MetricUnavailable
 
@@ -97,7 +97,7 @@ def load_checkpoint(path: Path, kind: str, device: str = "cpu") -> TorchClassifi
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise SpmctlError(f"{path}: does not fit timm {ARCH}: {str(exc).splitlines()[0]}") from None
+        raise SpmctlError(f"{path}: does not fit timm {ARCH}: {one_line(exc)}") from None
     return TorchClassifier(model.to(device), labels, kind, name=str(path))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, one_line
 from ..hookspecs import hookimpl
 from .base import EvalRun, MetricResult, MetricUnavailable, load_runs
 
@@ -102,7 +102,7 @@ def load_clip(model: str) -> tuple[Any, Any]:
     try:
         return attempt(False)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = one_line(exc, limit=160)
         raise MetricUnavailable(f"clip_score: CLIP weights {model!r} are not available: not in the Hugging Face "
                                 f"cache and the download failed ({reason})") from None
 
@@ -143,7 +143,7 @@ def make_fid(feature: Any) -> Any:
                                 "(pip install 'spmctl[eval-fid]'; it needs torchvision)") from None
     except Exception as exc:  # the Inception weights are downloaded on first use
         raise MetricUnavailable(f"fid: Inception weights (torch-fidelity's pt_inception-2015-12-05) are not "
-                                f"available: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+                                f"available: {one_line(exc, limit=160, with_type=True)}") from None
 
 
 def _update(fid: Any, run: EvalRun, real: bool, batch_size: int) -> None:

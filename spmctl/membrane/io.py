@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from spmctl.errors import SpmctlError
+from spmctl.errors import SpmctlError, one_line
 
 SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -84,7 +84,7 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
             for key in fh.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 tensors[key] = fh.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types (and OSError, ValueError)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = one_line(exc)
         raise SpmctlError(f"{path} is not a readable membrane (safetensors) file: {detail}") from None
     if not any(k.endswith(".lora_down.weight") for k in tensors):
         raise SpmctlError(f"{path} holds no membrane weights (no '*.lora_down.weight' keys)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, one_line
 from .tiny import SCHEDULER_CONFIG, build_tiny_pipeline, is_tiny
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -76,7 +76,7 @@ def make_scheduler(name: str, base_config: dict[str, Any], v_pred: bool = False)
     try:
         return cls.from_config(config)
     except ImportError as exc:  # e.g. lms needs scipy
-        missing = "scipy" if "scipy" in str(exc) else str(exc).strip().splitlines()[0]
+        missing = "scipy" if "scipy" in str(exc) else one_line(exc)
         raise SpmctlError(f"noise scheduler {name!r} needs {missing}: pip install {missing}") from None
 
 
@@ -136,7 +136,7 @@ def _load_external(path: str, *, v2: bool, v_pred: bool, config: str | None = No
         try:
             return _from_pipeline(StableDiffusionPipeline.from_pretrained(local, **kwargs), str(local))
         except Exception as exc:
-            raise SpmctlError(f"{path}: cannot load diffusers folder: {_short(exc)}") from None
+            raise SpmctlError(f"{path}: cannot load diffusers folder: {one_line(exc, limit=300)}") from None
     if local.suffix in {".ckpt", ".safetensors", ".pt", ".bin"}:
         if not local.exists():
             raise SpmctlError(f"{path}: model file not found")
@@ -148,7 +148,7 @@ def _load_external(path: str, *, v2: bool, v_pred: bool, config: str | None = No
     try:
         return _from_pipeline(StableDiffusionPipeline.from_pretrained(path, **kwargs), path)
     except Exception as exc:
-        raise SpmctlError(f"{path}: cannot load from the hub: {_short(exc)} "
+        raise SpmctlError(f"{path}: cannot load from the hub: {one_line(exc, limit=300)} "
                           "(offline? fetch it first with `spmctl download model`)") from None
 
 
@@ -173,7 +173,7 @@ def _load_single_file(path: Path, *, v2: bool, v_pred: bool, config: str | None 
         if not config:
             hint += ("; offline, set pretrained_model.config to a diffusers folder (or hub id) holding "
                      "this model's configs")
-        raise SpmctlError(f"{path}: cannot load single-file checkpoint: {_short(exc)}{hint}") from None
+        raise SpmctlError(f"{path}: cannot load single-file checkpoint: {one_line(exc, limit=300)}{hint}") from None
     return _from_pipeline(pipe, str(path))
 
 
@@ -188,12 +188,7 @@ def _check_pickle_safe(path: Path) -> None:
         torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise SpmctlError(f"{path}: unreadable checkpoint (loaded with weights_only=True, no arbitrary "
-                          f"pickle): {_short(exc)}") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+                          f"pickle): {one_line(exc, limit=300)}") from None
 
 
 def default_scheduler_config() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, one_line
 
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ def from_main(fn: Callable[[], T]) -> T:
             box = [("error", exc)]
         except Exception as exc:  # re-raised below on rank 0 with its traceback; others get one line
             error = exc
-            box = [("error", SpmctlError(f"rank 0 failed: {type(exc).__name__}: {one_line(exc)}"))]
+            box = [("error", SpmctlError(f"rank 0 failed: {one_line(exc, with_type=True)}"))]
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if error is not None:
@@ -162,8 +162,3 @@ def from_main(fn: Callable[[], T]) -> T:
     if status == "error":
         raise value
     return value
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

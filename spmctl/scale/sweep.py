@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, one_line
 from . import dist as scale_dist
 from .manifest import SweepManifest
 
@@ -128,7 +128,7 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, consol
             path = run_training(concept_cfg, console=console, quiet=quiet, ddp=ddp,
                                 resume_hint="run the same command again to continue the sweep")
         except Exception as exc:  # one concept's failure must not stop the others
-            message = scale_dist.one_line(exc)
+            message = one_line(exc)
             record(name, entry, status="failed", error=message, finished_at=_now(),
                    seconds=round(time.perf_counter() - started, 3))
             print(f"error: sweep concept {name!r} failed: {message}", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, one_line
 
 STATE_SUFFIX = "_state.pt"
 
@@ -60,6 +60,6 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SpmctlError(f"{path}: cannot read the resume state: {str(exc).splitlines()[0]}") from None
+        raise SpmctlError(f"{path}: cannot read the resume state: {one_line(exc)}") from None
     state["extra"] = json.loads(state.get("extra") or "{}")
     return state

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..config.train import Train
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, one_line
 
 # optimizer_type -> (module, attribute, pip extra or package that provides it)
 _OPTIONAL = {
@@ -60,10 +60,10 @@ def _build(cls: type[torch.optim.Optimizer], params: list[Any], train: Train) ->
         return cls(params, lr=lr, **train.optimizer_args)
     except (TypeError, ValueError) as exc:  # a value of the wrong type or out of range
         raise ConfigError(f"config error: train.optimizer_args {train.optimizer_args}: {cls.__name__} "
-                          f"refuses them: {str(exc).splitlines()[0]}") from None
+                          f"refuses them: {one_line(exc)}") from None
     except Exception as exc:  # e.g. bitsandbytes without a usable backend on this machine
         raise SpmctlError(f"train.optimizer_type = {train.optimizer_type!r} cannot run here: "
-                          f"{str(exc).splitlines()[0]}; set train.optimizer_type: AdamW") from None
+                          f"{one_line(exc)}; set train.optimizer_type: AdamW") from None
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: Train) -> Any:
