@@ -15,6 +15,24 @@ class ConfigError(SpmctlError):
     exit_code = 2
 
 
+CONFIG_PREFIX = "config error"  # the CLI prints messages that start with it as they are
+
+
+def config_message(detail: str) -> str:
+    """The one line for bad configuration: "config error: <file/key/value>: <what was expected>"."""
+    return f"{CONFIG_PREFIX}: {detail}"
+
+
+def config_error(detail: str) -> ConfigError:
+    return ConfigError(config_message(detail))
+
+
+def error_line(exc: SpmctlError) -> str:
+    """What the CLI prints for a user error: config errors as they are, others after "error: "."""
+    message = str(exc)
+    return message if message.startswith((CONFIG_PREFIX, "error")) else f"error: {message}"
+
+
 def one_line(exc: BaseException, *, limit: int | None = None, with_type: bool = False) -> str:
     """The first non-blank line of an exception's message, for a one-line diagnostic.
 

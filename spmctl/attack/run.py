@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import ConfigError, SpmctlError, config_error
 from ..sampling.output import save_png, slug, to_pil
 from ..training.checkpoint import write_text_atomic
 from .config import AttackConfig
@@ -98,7 +98,7 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
     console = console or Console(stderr=True, quiet=quiet)
     cfg = for_this_rank(cfg)
     if cfg.clip_skip > 1:
-        raise ConfigError("config error: clip_skip: spmctl attack conditions on the last layer only (clip_skip 1)")
+        raise config_error("clip_skip: spmctl attack conditions on the last layer only (clip_skip 1)")
     spms = load_spms(cfg.spms, cfg.concepts)
     items = plan_items(cfg, spms)
     model = load_sd_model(cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(),

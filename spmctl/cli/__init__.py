@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import SpmctlError
+from ..errors import SpmctlError, error_line
 from . import attack, doctor, download, eval_cmd, export, plugins_cmd, sample, train
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
@@ -84,9 +84,7 @@ def main() -> None:
         else:
             app(args=args)
     except SpmctlError as exc:
-        message = str(exc)
-        print(message if message.startswith(("config error", "error")) else f"error: {message}",
-              file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         _exit(exc.exit_code)
     except SystemExit as exc:
         if not isinstance(exc.code, int | None):

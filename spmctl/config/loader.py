@@ -24,7 +24,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ..errors import ConfigError, SpmctlError, one_line
+from ..errors import ConfigError, SpmctlError, config_error, config_message, one_line
 from ..textio import read_text_file
 from .yamlsafe import YAMLBoundError, safe_load_bounded
 
@@ -74,33 +74,33 @@ def read_yaml(path: str | Path) -> Any:
     """Read a YAML file; every failure is a one-line ConfigError naming the file."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config error: {path}: file not found")
+        raise config_error(f"{path}: file not found")
     if path.is_dir():
-        raise ConfigError(f"config error: {path}: is a directory, expected a YAML file")
+        raise config_error(f"{path}: is a directory, expected a YAML file")
     try:
         text = read_text_file(path)
     except SpmctlError as exc:
-        raise ConfigError(f"config error: {exc}") from None
+        raise config_error(f"{exc}") from None
     try:
         return safe_load_bounded(text)
     except YAMLBoundError as exc:
-        raise ConfigError(f"config error: {path}: {exc}") from None
+        raise config_error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or one_line(exc)
-        raise ConfigError(f"config error: {path}: invalid YAML{where}: {problem}") from None
+        raise config_error(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
     """`section.key=value` (value in YAML syntax) -> (["section", "key"], value)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"config error: --set {text!r}: expected section.key=value")
+        raise config_error(f"--set {text!r}: expected section.key=value")
     try:
         value = safe_load_bounded(raw) if raw.strip() else raw
     except YAMLBoundError as exc:
-        raise ConfigError(f"config error: --set {key.strip()}: {exc}") from None
+        raise config_error(f"--set {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -153,9 +153,9 @@ def _env_error(message: str) -> str:
     try:
         json.loads(raw or "")
     except ValueError as exc:
-        return (f"config error: environment ({name}): not valid JSON ({exc}); a section or list is "
-                f"given as JSON, e.g. {ENV_PREFIX}TRAIN='{{\"lr\": 0.0001}}'")
-    return f"config error: environment ({name}): {message}"
+        return config_message(f"environment ({name}): not valid JSON ({exc}); a section or list is "
+                              f"given as JSON, e.g. {ENV_PREFIX}TRAIN='{{\"lr\": 0.0001}}'")
+    return config_message(f"environment ({name}): {message}")
 
 
 class Provenance(dict[str, str]):
@@ -264,16 +264,16 @@ def format_validation_error(
         keys = _model_keys(model, tuple(p for p in loc if not isinstance(p, int)))
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys here: {', '.join(keys)}"
-        return f"config error: {source}: unknown key {dotted!r}{hint}{more}"
+        return config_message(f"{source}: unknown key {dotted!r}{hint}{more}")
     msg = err["msg"].removeprefix("Value error, ")
     if not dotted:  # a whole-model check; its message starts with the key it is about ("seeds: ...")
         key = msg.partition(":")[0]
         source = source_of(origin, key) if key in model.model_fields else source
-        return f"config error: {source}: {msg}{more}"
+        return config_message(f"{source}: {msg}{more}")
     value = err.get("input")
     if isinstance(value, Mapping | list):  # a whole section: the message names the keys
-        return f"config error: {source}: {dotted}: {msg}{more}"
-    return f"config error: {source}: {dotted} = {value!r}: {msg[0].lower() + msg[1:]}{more}"
+        return config_message(f"{source}: {dotted}: {msg}{more}")
+    return config_message(f"{source}: {dotted} = {value!r}: {msg[0].lower() + msg[1:]}{more}")
 
 
 def build_config(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import config_error
 from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
 from .train import MAX_SEED, Seed, _precision, multiple_of_8
 
@@ -153,10 +153,10 @@ class SampleConfig(CommandSettings):
             index = int(self.device.partition(":")[2] or 0)
             if index >= count:
                 have = f"{count} CUDA device{'s' * (count != 1)}" if count else "no usable CUDA device"
-                raise ConfigError(f"config error: device = {self.device!r}: this machine has {have} "
-                                  f"(torch {torch.__version__}); use --device cpu or auto")
+                raise config_error(f"device = {self.device!r}: this machine has {have} "
+                                   f"(torch {torch.__version__}); use --device cpu or auto")
         if self.device == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("config error: device = 'mps': MPS is not available here; use --device cpu or auto")
+            raise config_error("device = 'mps': MPS is not available here; use --device cpu or auto")
         return self.device
 
     def resolved_precision(self) -> str:
@@ -192,7 +192,7 @@ def load_sample_config(
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"config error: {path}: expected a mapping of keys, got {type(raw).__name__}")
+            raise config_error(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
         file_values = _normalise(raw, str(path))
         label = str(path)
     return build_config(model, file_values, label, overrides, normalise=_normalise)

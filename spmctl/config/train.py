@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import config_error
 from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
 
 Precision = Literal["float32", "float16", "bfloat16"]
@@ -152,7 +152,7 @@ class PromptSettings(Section):
         """Fill the documented defaults: positive = target, neutral = unconditional."""
         target = self.target or fallback_target
         if not target:
-            raise ConfigError("config error: prompt.target is empty and no template_name is set")
+            raise config_error("prompt.target is empty and no template_name is set")
         return self.model_copy(update={
             "target": target,
             "positive": self.positive if self.positive is not None else target,
@@ -232,7 +232,7 @@ def _normalise_original(values: dict[str, Any], label: str, base_dir: Path | Non
         if isinstance(prompts, dict):
             prompts = [prompts]
         if not isinstance(prompts, list):
-            raise ConfigError(f"config error: {path}: expected a YAML list of prompt settings")
+            raise config_error(f"{path}: expected a YAML list of prompt settings")
         values["prompt"] = prompts
     logging = values.get("logging")
     if isinstance(logging, dict) and logging.get("verbose") and "verbose" not in values:
@@ -252,8 +252,8 @@ def load_train_config(
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"config error: {config_path}: expected a mapping of keys at the top level, "
-                              f"got {type(raw).__name__}")
+            raise config_error(f"{config_path}: expected a mapping of keys at the top level, "
+                               f"got {type(raw).__name__}")
         base_dir = Path(config_path).parent
         label = str(config_path)
         file_values = _normalise_original(raw, label, base_dir)

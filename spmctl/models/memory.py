@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import config_error
 
 
 def available_bytes(device: str) -> int | None:
@@ -47,8 +47,8 @@ def check_fits(model: Any, batch: int, height: int, width: int, device: str, wha
     need = activation_bytes(model, batch, height, width)
     free = available_bytes(device)
     if free is not None and need > free:
-        raise ConfigError(f"config error: {what} needs at least {_gib(need)} for one UNet feature map; "
-                          f"{device} has {_gib(free)} free (lower the size or the batch)")
+        raise config_error(f"{what} needs at least {_gib(need)} for one UNet feature map; "
+                           f"{device} has {_gib(free)} free (lower the size or the batch)")
 
 
 def _gib(n: int) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, SpmctlError
+from ..errors import SpmctlError, config_error, error_line
 from . import dist as scale_dist
 from .sweep import SweepSpec, exit_code, print_summary, run_sweep, sweep_concepts
 
@@ -121,8 +121,8 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
         ddp = DataParallel(env) if ddp_mode else None
         if spec is None:
             if env.distributed and ddp is None:
-                raise ConfigError(f"config error: {env.world_size} processes but one concept: pass --ddp "
-                                  "(distributed: ddp) to train it data-parallel, or --sweep for one concept each")
+                raise config_error(f"{env.world_size} processes but one concept: pass --ddp "
+                                   "(distributed: ddp) to train it data-parallel, or --sweep for one concept each")
             run_training(cfg, console=console, quiet=quiet, ddp=ddp)
             # rank 0 still writes the final files: tearing the group down under it made gloo abort
             # the other rank now and then ("terminate called without an active exception")
@@ -135,10 +135,8 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
     except SpmctlError as exc:
         # the same error on every rank is said once; a sweep's rank says its own errors
         if env.is_main or (spec is not None and not ddp_mode):
-            message = str(exc)
             prefix = f"[rank {env.rank}] " if env.distributed and not env.is_main else ""
-            print(prefix + (message if message.startswith(("config error", "error")) else f"error: {message}"),
-                  file=sys.stderr)
+            print(prefix + error_line(exc), file=sys.stderr)
         return exc.exit_code
     except (SystemExit, KeyboardInterrupt) as exc:  # Ctrl-C: state saved; a return, not a crashed worker
         code = exc.code if isinstance(exc, SystemExit) else 130

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, SpmctlError, one_line
+from ..errors import SpmctlError, config_error, one_line
 from . import dist as scale_dist
 from .manifest import SweepManifest
 
@@ -48,7 +48,7 @@ def read_concept_file(path: Path) -> list[str]:
     try:
         text = read_text_file(path)
     except SpmctlError as exc:
-        raise ConfigError(f"config error: --sweep {exc}") from None
+        raise config_error(f"--sweep {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
@@ -66,22 +66,22 @@ def sweep_concepts(spec: SweepSpec, cfg: TrainConfig) -> tuple[str, list[str]]:
     if spec.names and spec.names.strip().lower() == "all":
         known = provider.names()
         if known is None:
-            raise ConfigError(f"config error: --sweep-names all: template {template!r} has no list of names; "
-                              "give the names (--sweep-names A,B) or a file (--sweep FILE)")
+            raise config_error(f"--sweep-names all: template {template!r} has no list of names; "
+                               "give the names (--sweep-names A,B) or a file (--sweep FILE)")
         names += known
     elif spec.names:
         names += as_list(spec.names) or []
     elif not spec.file:
-        raise ConfigError("config error: --sweep-template needs --sweep-names all|A,B,... or --sweep FILE")
+        raise config_error("--sweep-template needs --sweep-names all|A,B,... or --sweep FILE")
     names = list(dict.fromkeys(names))
     if not names:
-        raise ConfigError("config error: the sweep lists no concepts")
+        raise config_error("the sweep lists no concepts")
     owner: dict[str, str] = {}
     for name in names:
         other = owner.setdefault(slug(name), name)
         if other != name:
-            raise ConfigError(f"config error: sweep concepts {other!r} and {name!r} would share the folder "
-                              f"{slug(name)!r}; list one of them")
+            raise config_error(f"sweep concepts {other!r} and {name!r} would share the folder "
+                               f"{slug(name)!r}; list one of them")
     return template, names
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..config.train import Train
-from ..errors import ConfigError, SpmctlError, one_line
+from ..errors import SpmctlError, config_error, one_line
 
 # optimizer_type -> (module, attribute, pip extra or package that provides it)
 _OPTIONAL = {
@@ -45,8 +45,8 @@ def check_optimizer_args(train: Train) -> None:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"config error: train.optimizer_args: {cls.__name__} has no option {key!r}"
-                              f"{hint}; it accepts {', '.join(accepted)}")
+            raise config_error(f"train.optimizer_args: {cls.__name__} has no option {key!r}"
+                               f"{hint}; it accepts {', '.join(accepted)}")
     _build(cls, [torch.zeros(1, requires_grad=True)], train)
 
 
@@ -59,8 +59,8 @@ def _build(cls: type[torch.optim.Optimizer], params: list[Any], train: Train) ->
     try:
         return cls(params, lr=lr, **train.optimizer_args)
     except (TypeError, ValueError) as exc:  # a value of the wrong type or out of range
-        raise ConfigError(f"config error: train.optimizer_args {train.optimizer_args}: {cls.__name__} "
-                          f"refuses them: {one_line(exc)}") from None
+        raise config_error(f"train.optimizer_args {train.optimizer_args}: {cls.__name__} "
+                           f"refuses them: {one_line(exc)}") from None
     except Exception as exc:  # e.g. bitsandbytes without a usable backend on this machine
         raise SpmctlError(f"train.optimizer_type = {train.optimizer_type!r} cannot run here: "
                           f"{one_line(exc)}; set train.optimizer_type: AdamW") from None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.train import PromptSettings, TrainConfig
-from ..errors import ConfigError
+from ..errors import config_error
 
 WHAT_KEYS = ("target", "positive", "neutral", "unconditional")
 
@@ -35,10 +35,10 @@ def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = prin
                  f"{cfg.template_name!r}: erasing the template's {cfg.template_name!r}")
         return [_merge(s, how).resolved() for s in from_template]
     if cfg.template_name and not cfg.template and not explicit:
-        raise ConfigError("config error: template_name is set but template is not "
-                          "(use --template style|object|i2p|concept)")
+        raise config_error("template_name is set but template is not "
+                           "(use --template style|object|i2p|concept)")
     if not explicit:
-        raise ConfigError("config error: nothing to erase: set prompt.target, or template and template_name")
+        raise config_error("nothing to erase: set prompt.target, or template and template_name")
     return [s.resolved(fallback_target=cfg.template_name) for s in explicit]
 
 
