@@ -24,6 +24,9 @@ def attack(
     prompts_file: Annotated[str | None, Opt("--prompts-file", help=".txt or .csv of prompts.")] = None,
     dataset: Annotated[str | None, Opt("--dataset", help="Dataset provider: i2p, unlearncanvas, ...")] = None,
     data_root: Annotated[str | None, Opt("--data-root", help="The dataset's folder/file.")] = None,
+    category: Annotated[list[str] | None, Opt("--category", help="I2P category (repeatable).")] = None,
+    styles: Annotated[list[str] | None, Opt("--styles", help="UnlearnCanvas style (repeatable).")] = None,
+    objects: Annotated[list[str] | None, Opt("--objects", help="UnlearnCanvas object (repeatable).")] = None,
     limit: Annotated[int | None, Opt("--limit", help="At most this many dataset rows.")] = None,
     concept: Annotated[
         str | None, Opt("--concept", help="Concept attacked (default: the row's, else the SPMs' only one).")
@@ -69,7 +72,9 @@ def attack(
     flags: dict[str, Any] = {
         "method": method, "model": model, "spms": spm, "multiplier": multiplier, "prompts": prompt,
         "prompts_file": prompts_file, "dataset": dataset, "data_root": data_root,
-        "dataset_options.limit": limit, "concept": concept, "classifier": classifier,
+        "dataset_options.limit": limit, "dataset_options.categories": category,
+        "dataset_options.styles": styles, "dataset_options.objects": objects, "concept": concept,
+        "classifier": classifier,
         "target_images": target_images, "tokens": tokens, "attack_steps": attack_steps, "lr": lr,
         "eval_every": eval_every, "p4d_variant": variant, "population": population, "eta": eta,
         "concept_pairs": concept_pairs, "steps": steps, "guidance": guidance, "width": width, "height": height,
