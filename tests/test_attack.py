@@ -260,7 +260,7 @@ def test_bad_input_is_one_line(spm: Path, plugin_site: Path, tmp_path: Path):
                          "--target-images", str(small)], "32x32, expected 64x64"),
     }
     for name, (args, expected) in cases.items():
-        done = run_spmctl(*args, "-o", str(tmp_path / name.replace(" ", "_")), env=env)
+        done = run_spmctl(*args, "--attack-steps", "2", "-o", str(tmp_path / name.replace(" ", "_")), env=env)
         assert done.returncode == 2, (name, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (name, done.stderr)
