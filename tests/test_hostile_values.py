@@ -109,6 +109,7 @@ def test_long_prompts_are_warned_once_with_what_is_dropped(files: Path, tmp_path
     assert "the text encoder reads 75" in warnings[0] and "red hat" in warnings[0]
 
 
+@pytest.mark.slow
 def test_long_training_prompt_is_warned(files: Path, tmp_path: Path):
     result = run_spmctl("train", "-c", str(files / "train.yaml"), "--set", f"output_dir={tmp_path / 'o'}",
                         "--set", "template=null", "--set", "template_name=null", "--set", f"prompt.target={LONG}",
@@ -118,6 +119,7 @@ def test_long_training_prompt_is_warned(files: Path, tmp_path: Path):
     assert len(warnings) == 1 and "red hat" in warnings[0], result.stderr
 
 
+@pytest.mark.slow
 def test_legacy_format_ckpt_loads_weights_only(tmp_path: Path, tiny_model_dir: Path):
     """A harmless pre-zip torch.save file was refused with an 'mmap' message; it trains now."""
     from spmctl.export.model import export_model
