@@ -88,6 +88,8 @@ def attack(
         print_config_table(cfg, origin)
         return
     from ..attack.run import run_attack
+    from ..scale.dist import dist_env
 
     out = run_attack(cfg, console=stderr_console(quiet), quiet=quiet)
-    typer.echo(f"results: {out / 'results.json'}")
+    if dist_env().is_main:  # under torchrun rank 0 writes the summary: say so once
+        typer.echo(f"results: {out / 'results.json'}")
