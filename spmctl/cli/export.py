@@ -30,11 +30,11 @@ Weighted = Annotated[
 def _dtype(name: str):
     from ..errors import SpmctlError
     from ..models.loading import torch_dtype
+    from ..names import DTYPES, dtype_name, either
 
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
-    name = aliases.get(name.lower(), name.lower())
-    if name not in ("float32", "float16", "bfloat16"):
-        raise SpmctlError(f"--dtype must be float32, float16 or bfloat16, not {name!r}")
+    name = dtype_name(name)
+    if name not in DTYPES:
+        raise SpmctlError(f"--dtype must be {either(DTYPES)}, not {name!r}")
     return torch_dtype(name)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..names import DTYPES, FT_METRICS, NOISE_SCHEDULERS, either
 from .common import Quiet, SetOption, collect_overrides, stderr_console
 
 Opt = typer.Option
@@ -68,9 +69,9 @@ def sample(
         int | None, Opt("--batch-size", "--batch_size", help="Images per UNet pass.")
     ] = None,
     noise_scheduler: Annotated[
-        str | None, Opt("--noise-scheduler", help="ddim, ddpm, lms or euler_a.")
+        str | None, Opt("--noise-scheduler", help=f"{either(NOISE_SCHEDULERS)}.")
     ] = None,
-    precision: Annotated[str | None, Opt("--precision", help="auto, float32, float16 or bfloat16.")] = None,
+    precision: Annotated[str | None, Opt("--precision", help=f"auto, {either(DTYPES)}.")] = None,
     device: Annotated[str | None, Opt("--device", help="auto, cpu, cuda, cuda:N.")] = None,
     output_dir: Annotated[str | None, Opt("--output-dir", "--output_dir", "-o")] = None,
     grid: Annotated[bool | None, Opt("--grid", help="Also write grid.png.", show_default=False)] = None,
@@ -90,7 +91,7 @@ def sample(
         ),
     ] = None,
     ft_metric: Annotated[
-        str | None, Opt("--ft-metric", help="clipcos, tokenuni or clipcos_tokenuni.")
+        str | None, Opt("--ft-metric", help=f"{either(FT_METRICS)}.")
     ] = None,
     facilitate_factor: Annotated[
         float | None, Opt("--facilitate-factor", help="FT gate = clip(score x factor, 0, 1).")

@@ -14,10 +14,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import config_error
+from ..names import DTYPES, FT_METRICS, FTMetric, NoiseScheduler
 from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
 from .train import MAX_SEED, Seed, _precision, multiple_of_8
-
-FT_METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
 
 # original SPM generation.yaml key -> our key
 _ORIGINAL_KEYS = {
@@ -52,7 +51,7 @@ class SampleConfig(CommandSettings):
     multiplier: list[float] | None = Field(
         None, description="fixed gates instead of FT: one value, or one per SPM"
     )
-    ft_metric: Literal["clipcos", "tokenuni", "clipcos_tokenuni"] = Field(
+    ft_metric: FTMetric = Field(
         "clipcos_tokenuni", description="FT score: max of the named metrics"
     )
     facilitate_factor: float = Field(1.0, ge=0, description="FT gate = clip(max score x factor, 0, 1)")
@@ -87,8 +86,8 @@ class SampleConfig(CommandSettings):
     )
     images_per_prompt: int = Field(1, gt=0)
     batch_size: int = Field(4, gt=0, description="images per UNet pass (CFG doubles the UNet batch)")
-    noise_scheduler: Literal["ddim", "ddpm", "lms", "euler_a"] = "ddim"
-    precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    noise_scheduler: NoiseScheduler = "ddim"
+    precision: Literal[("auto", *DTYPES)] = Field(  # type: ignore[valid-type]
         "auto", description="auto: float16 on CUDA, float32 on the CPU"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")

@@ -13,15 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import config_error
+from ..names import NOISE_SCHEDULERS, NoiseScheduler, Precision, dtype_name
 from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
 
-Precision = Literal["float32", "float16", "bfloat16"]
-_PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16",
-                      "float": "float32"}
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "lion", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                  "polynomial")
-NOISE_SCHEDULERS = ("ddim", "ddpm", "lms", "euler_a")
 # torch generators take 64-bit seeds; a larger one fails deep inside a run
 MAX_SEED = 2**64 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -40,7 +37,7 @@ class Section(BaseModel):
 
 def _precision(value: Any) -> Any:
     if isinstance(value, str):
-        return _PRECISION_ALIASES.get(value.strip().lower(), value.strip().lower())
+        return dtype_name(value)
     return value
 
 
@@ -61,7 +58,7 @@ class Network(Section):
 
 class Train(Section):
     precision: Precision = Field("float32", description="UNet/text-encoder dtype; the membrane trains in fp32")
-    noise_scheduler: Literal["ddim", "ddpm", "lms", "euler_a"] = "ddim"
+    noise_scheduler: NoiseScheduler = "ddim"
     iterations: int = Field(3000, gt=0)
     batch_size: int = Field(1, gt=0)
     lr: float = Field(1e-4, gt=0)

@@ -60,7 +60,6 @@ class MembraneNetwork:
         self.ranks = [self.rank] * self.num_membranes  # per membrane; a loaded file may have a lower rank
         self.alphas = [self.alpha] * self.num_membranes
         self._state = GateState(self.num_membranes)
-        self._gates_spec: GateSpec = None
         self._modules: dict[str, MembraneModule] = {}
         self._placement: dict[str, tuple[nn.Module, str]] = {}
         targets = _targets(unet)
@@ -144,7 +143,6 @@ class MembraneNetwork:
     def set_gates(self, gates: GateSpec = None) -> None:
         """None: all ones; a number: every sample and membrane; K values: per membrane; (B, K): per sample."""
         self._state.set(self._gates_tensor(gates))
-        self._gates_spec = gates
 
     @property
     def gates(self) -> torch.Tensor:

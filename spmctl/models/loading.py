@@ -15,15 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpmctlError, one_line
-from .tiny import SCHEDULER_CONFIG, build_tiny_pipeline, is_tiny
-
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-NOISE_SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-}
+from ..names import DTYPES, NOISE_SCHEDULERS
+from .tiny import build_tiny_pipeline, is_tiny
 
 
 @dataclass
@@ -45,7 +38,9 @@ class SDModel:
 def torch_dtype(name: str):
     import torch
 
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def quiet_libraries() -> None:
@@ -191,5 +186,3 @@ def _check_pickle_safe(path: Path) -> None:
                           f"pickle): {one_line(exc, limit=300)}") from None
 
 
-def default_scheduler_config() -> dict[str, Any]:
-    return dict(SCHEDULER_CONFIG)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
+from ..names import FT_METRICS
 
 
 @dataclass
@@ -82,8 +82,8 @@ def concept_scores(
 
     `prompt_embeds` (P, 77, d): the prompts' last hidden states when the caller has them already
     (the sampler encodes prompts for generation anyway), so they are not encoded twice."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if metric not in FT_METRICS:
+        raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(FT_METRICS)}")
     if not bank.owners:
         return torch.zeros(len(prompts), 0)
     if prompt_embeds is not None:

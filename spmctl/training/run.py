@@ -104,7 +104,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
     `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes.
     `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
     from ..membrane import MembraneNetwork, save_membrane
-    from ..models.loading import load_sd_model, make_scheduler
+    from ..models.loading import load_sd_model, make_scheduler, torch_dtype
 
     main = ddp is None or ddp.is_main
     quiet = quiet or not main
@@ -183,7 +183,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
         if not main:
             return
         save_membrane(path, network.state_dict_for(0), prompts=concepts, rank=cfg.network.rank,
-                      alpha=cfg.network.alpha, dtype=_dtype(cfg.save.precision),
+                      alpha=cfg.network.alpha, dtype=torch_dtype(cfg.save.precision),
                       extra_metadata={"spmctl_base_model": model.source})
 
     def checkpoint(step: int) -> None:
@@ -277,8 +277,6 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def _peak_memory(device: str) -> int:

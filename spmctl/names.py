@@ -1,0 +1,38 @@
+"""Names shared by the configuration, the CLI help and the code: each list has one owner here.
+
+No torch or diffusers import, so config validation and `--help` stay cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+# sampling/training noise schedulers: config name -> diffusers class
+NOISE_SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+}
+# facilitated-transport scores (sampling/ft.py computes them)
+FT_METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
+
+# the same lists as config value types (Literal of a tuple is the Literal of its items)
+Precision = Literal[DTYPES]  # type: ignore[valid-type]
+NoiseScheduler = Literal[tuple(NOISE_SCHEDULERS)]  # type: ignore[valid-type]
+FTMetric = Literal[FT_METRICS]  # type: ignore[valid-type]
+
+
+def dtype_name(name: str) -> str:
+    """The canonical dtype name for a name or alias ("fp16" -> "float16"); unknown names pass through."""
+    name = name.strip().lower()
+    return DTYPE_ALIASES.get(name, name)
+
+
+def either(names: Iterable[str]) -> str:
+    """"a, b or c", for help texts and error messages."""
+    items = list(names)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
