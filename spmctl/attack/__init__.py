@@ -1,6 +1,6 @@
 """`spmctl attack`: adversarial-prompt attacks on erased models, through facilitated transport.
 
-Three methods (DESIGN §1.6), each in its own module and all sharing the pieces here:
+Three methods, each in its own module and all sharing the pieces here:
 - `unlearndiffatk`: a few prompt tokens optimised against the erased model's own denoising loss on
   an image of the concept;
 - `p4d`: a prompt optimised so the erased model's noise prediction matches the unerased one's

@@ -1,4 +1,4 @@
-"""Facilitated transport (FT): each membrane's strength adapts to the prompt (DESIGN §1.3).
+"""Facilitated transport (FT): each membrane's strength adapts to the prompt.
 
 For prompt p and each erased concept c of a membrane:
 

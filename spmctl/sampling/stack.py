@@ -1,6 +1,6 @@
 """Several SPM files on one UNet, with a gate per sample and membrane.
 
-Composition (DESIGN §1.3). Default: each membrane keeps its own gate,
+Composition. Default: each membrane keeps its own gate,
 
     y = base(x) + Σ_i g_i · scale_i · up_i(down_i(x)),
 

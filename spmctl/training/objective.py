@@ -1,4 +1,4 @@
-"""One SPM training step (DESIGN §1.2), arranged to spend as few UNet calls as possible.
+"""One SPM training step, arranged to spend as few UNet calls as possible.
 
 Per iteration the original code makes five separate UNet calls at guidance 1,
 each doubled by an unconditional half it throws away. Here the same quantities
