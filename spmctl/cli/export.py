@@ -56,7 +56,7 @@ def lora(
 ) -> None:
     """One membrane as a LoRA file (diffusers load_lora_weights, A1111, ComfyUI, kohya)."""
     from ..export.lora import NO_FT_NOTE, export_lora
-    from ..sampling.stack import resolve_spm_path
+    from ..membrane.io import resolve_spm_path
 
     console = stderr_console(quiet)
     out = export_lora(resolve_spm_path(spm), output, _dtype(dtype), _unet(model))
@@ -117,7 +117,7 @@ def model_cmd(
 def _weighted(items: list[str]):
     from ..export.lora import Weighted as Item
     from ..export.lora import parse_weighted
-    from ..sampling.stack import resolve_spm_path
+    from ..membrane.io import resolve_spm_path
 
     parsed = [parse_weighted(text) for text in items]
     return [Item(resolve_spm_path(p.path), p.strength) for p in parsed]

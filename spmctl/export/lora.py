@@ -18,12 +18,12 @@ import torch
 
 from ..errors import ConfigError, SpmctlError
 from ..membrane import load_membrane
+from ..membrane.io import ALPHA, DOWN, UP
 
 NO_FT_NOTE = (
     "note: an exported LoRA or merged model applies the membrane at a fixed strength: it has no "
     "facilitated transport (unrelated prompts are affected too); use `spmctl sample` for FT"
 )
-DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 
 @dataclass

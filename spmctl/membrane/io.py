@@ -17,6 +17,9 @@ import torch
 
 from spmctl.errors import SpmctlError, one_line
 
+# the kohya key suffixes after `lora_unet_<path>`; this module owns the file format
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
 SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -27,6 +30,27 @@ class MembraneFile:
     rank: int
     alpha: float
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_spm_path(path: str | Path) -> Path:
+    """A file as is; a folder means `<folder>/<folder name>_last.safetensors` (the original's rule)
+    or else the folder's only `*_last.safetensors` (what `spmctl train` writes)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        named = p / f"{p.name}_last.safetensors"
+        if named.is_file():
+            return named
+        found = sorted(p.glob("*_last.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise SpmctlError(f"{p}: folder holds no *_last.safetensors membrane")
+        raise SpmctlError(
+            f"{p}: folder holds several membranes ({', '.join(f.name for f in found)}); name the file"
+        )
+    if not p.exists():
+        raise SpmctlError(f"SPM file not found: {p}")
+    return p
 
 
 def save_membrane(
@@ -86,8 +110,8 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
     except Exception as exc:  # safetensors raises its own error types (and OSError, ValueError)
         detail = one_line(exc)
         raise SpmctlError(f"{path} is not a readable membrane (safetensors) file: {detail}") from None
-    if not any(k.endswith(".lora_down.weight") for k in tensors):
-        raise SpmctlError(f"{path} holds no membrane weights (no '*.lora_down.weight' keys)")
+    if not any(k.endswith(DOWN) for k in tensors):
+        raise SpmctlError(f"{path} holds no membrane weights (no '*{DOWN}' keys)")
     _check_values(path, tensors)
     prompts = [p.strip() for p in metadata.get("prompts", "").split(",") if p.strip()]
     try:
@@ -105,7 +129,7 @@ def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     one number (the scale alpha/rank is applied as a scalar)."""
     for key in sorted(tensors):
         value = tensors[key]
-        if key.endswith(".alpha") and value.numel() != 1:
+        if key.endswith(ALPHA) and value.numel() != 1:
             raise SpmctlError(f"{path}: {key} should hold one number, not a tensor of shape "
                               f"{tuple(value.shape)}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -116,13 +140,13 @@ def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def _first_rank(tensors: dict[str, torch.Tensor]) -> int:
     for key in sorted(tensors):
-        if key.endswith(".lora_down.weight"):
+        if key.endswith(DOWN):
             return int(tensors[key].shape[0])
     return 1
 
 
 def _first_alpha(tensors: dict[str, torch.Tensor], rank: int) -> float:
     for key in sorted(tensors):
-        if key.endswith(".alpha"):
+        if key.endswith(ALPHA):
             return float(tensors[key])
     return float(rank)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from spmctl.errors import SpmctlError
+from spmctl.membrane.io import ALPHA, DOWN, UP
 from spmctl.membrane.module import GateState, MembraneModule
 
 LORA_PREFIX = "lora_unet_"
@@ -204,9 +205,9 @@ class MembraneNetwork:
             up = m.lora_up.detach()[k, :, :r].clone()
             if m.is_conv:
                 up = up[:, :, None, None]  # kohya stores the conv up as a 1x1 kernel
-            out[f"{m.lora_name}.lora_down.weight"] = down
-            out[f"{m.lora_name}.lora_up.weight"] = up
-            out[f"{m.lora_name}.alpha"] = (m.scale.detach()[k] * r).to(torch.float32).reshape(())
+            out[m.lora_name + DOWN] = down
+            out[m.lora_name + UP] = up
+            out[m.lora_name + ALPHA] = (m.scale.detach()[k] * r).to(torch.float32).reshape(())
         return out
 
     def load_state_dict_for(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -219,11 +220,7 @@ class MembraneNetwork:
         file_rank: int | None = None
         used: set[str] = set()
         for m in self._modules.values():
-            kd, ku, ka = (
-                f"{m.lora_name}.lora_down.weight",
-                f"{m.lora_name}.lora_up.weight",
-                f"{m.lora_name}.alpha",
-            )
+            kd, ku, ka = m.lora_name + DOWN, m.lora_name + UP, m.lora_name + ALPHA
             for key in (kd, ku):
                 if key not in tensors:
                     raise SpmctlError(f"membrane weights lack key {key!r} (not a membrane for this UNet?)")

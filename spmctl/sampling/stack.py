@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import SpmctlError
+from ..membrane.io import ALPHA, DOWN, UP, resolve_spm_path
 
 
 @dataclass
@@ -40,27 +41,6 @@ class SPM:
     @property
     def scale(self) -> float:
         return (self.alpha or self.rank) / self.rank
-
-
-def resolve_spm_path(path: str | Path) -> Path:
-    """A file as is; a folder means `<folder>/<folder name>_last.safetensors` (the original's rule)
-    or else the folder's only `*_last.safetensors` (what `spmctl train` writes)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        named = p / f"{p.name}_last.safetensors"
-        if named.is_file():
-            return named
-        found = sorted(p.glob("*_last.safetensors"))
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise SpmctlError(f"{p}: folder holds no *_last.safetensors membrane")
-        raise SpmctlError(
-            f"{p}: folder holds several membranes ({', '.join(f.name for f in found)}); name the file"
-        )
-    if not p.exists():
-        raise SpmctlError(f"SPM file not found: {p}")
-    return p
 
 
 def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
@@ -130,11 +110,11 @@ class MembraneStack:
         up_src, down_src, first = self.spms[i].tensors, self.spms[j].tensors, self.spms[0]
         out = {}
         for key in down_src:
-            if key.endswith(".lora_down.weight"):
+            if key.endswith(DOWN):
                 out[key] = down_src[key]
-            elif key.endswith(".lora_up.weight"):
+            elif key.endswith(UP):
                 out[key] = up_src[key]
-            elif key.endswith(".alpha"):
+            elif key.endswith(ALPHA):
                 out[key] = torch.tensor(first.alpha or first.rank, dtype=torch.float32)
         return out
 
