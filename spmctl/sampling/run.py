@@ -18,7 +18,7 @@ from ..providers import PromptRow
 from ..scale.shard import SampleShard, for_this_rank
 from .generate import Generator, Job, build_pipeline
 from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
-from .stack import SPM, MembraneStack, load_spms
+from .stack import SPM, MembraneStack, ft_scaling_for, load_spms, spm_gates
 
 
 def load_rows(cfg: SampleConfig) -> list[PromptRow]:
@@ -95,8 +95,7 @@ _KEEP_EMBEDS_BYTES = 256 * 2**20
 
 def ft_scaling(cfg: SampleConfig) -> tuple[float, bool]:
     """FT's gate factor and clipping; the original neither clips nor scales, so compat mode doesn't."""
-    original = cfg.ft_compat == "original"
-    return (1.0 if original else cfg.facilitate_factor), not original
+    return ft_scaling_for(cfg.ft_compat, cfg.facilitate_factor)
 
 
 def compute_gates(
@@ -104,29 +103,16 @@ def compute_gates(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport; and the
     prompts' embeddings when FT computed them in the form generation uses (clip_skip 1), else None."""
-    if not spms:
-        return torch.zeros(len(prompts), 0), None
-    if cfg.multiplier is not None:
-        values = cfg.multiplier * len(spms) if len(cfg.multiplier) == 1 else cfg.multiplier
-        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone(), None
+    if not spms or cfg.multiplier is not None:
+        return spm_gates(model.tokenizer, model.text_encoder, prompts, spms, multiplier=cfg.multiplier), None
     from ..models.text import encode_prompts
-    from .ft import ft_gates
 
     embeds = None
     size = len(prompts) * 77 * model.text_encoder.config.hidden_size * 4
     if cfg.clip_skip <= 1 and size <= _KEEP_EMBEDS_BYTES:
         embeds = encode_prompts(model.tokenizer, model.text_encoder, prompts)
-    factor, clip = ft_scaling(cfg)
-    gates = ft_gates(
-        model.tokenizer,
-        model.text_encoder,
-        prompts,
-        [s.concepts for s in spms],
-        metric=cfg.ft_metric,
-        factor=factor,
-        clip=clip,
-        prompt_embeds=embeds,
-    )
+    gates = spm_gates(model.tokenizer, model.text_encoder, prompts, spms, metric=cfg.ft_metric,
+                      factor=cfg.facilitate_factor, compat=cfg.ft_compat, prompt_embeds=embeds)
     return gates, embeds
 
 

@@ -60,6 +60,49 @@ def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
     return out
 
 
+def spm_gates(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompts: list[str],
+    spms: list[SPM],
+    *,
+    multiplier: list[float] | None = None,
+    metric: str = "clipcos_tokenuni",
+    factor: float = 1.0,
+    compat: str = "default",
+    prompt_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(P, N): one gate per prompt and SPM, fixed by `multiplier` (one value, or one per SPM) or
+    from facilitated transport. `compat="original"` neither scales nor clips, as the original."""
+    if not spms:
+        return torch.zeros(len(prompts), 0)
+    if multiplier is not None:
+        if len(multiplier) not in (1, len(spms)):
+            raise SpmctlError(
+                f"multiplier: give one value or one per SPM ({len(spms)}), not {len(multiplier)}"
+            )
+        values = list(multiplier) * len(spms) if len(multiplier) == 1 else list(multiplier)
+        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone()
+    from .ft import ft_gates
+
+    factor, clip = ft_scaling_for(compat, factor)
+    return ft_gates(
+        tokenizer,
+        text_encoder,
+        prompts,
+        [s.concepts for s in spms],
+        metric=metric,
+        factor=factor,
+        clip=clip,
+        prompt_embeds=prompt_embeds,
+    )
+
+
+def ft_scaling_for(compat: str, factor: float) -> tuple[float, bool]:
+    """FT's gate factor and clipping; the original neither clips nor scales, so compat mode doesn't."""
+    return (1.0 if compat == "original" else factor), compat != "original"
+
+
 class MembraneStack:
     """K SPMs attached to a UNet; `set_gates((B, N))` takes one gate per sample and SPM.
 

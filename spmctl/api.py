@@ -1,0 +1,110 @@
+"""Facilitated transport inside your own diffusers pipeline.
+
+    from diffusers import StableDiffusionPipeline
+    import spmctl
+
+    pipe = StableDiffusionPipeline.from_pretrained("CompVis/stable-diffusion-v1-4")
+    with spmctl.attach(pipe, ["outputs/van_gogh", "outputs/nudity/nudity_last.safetensors"]) as spm:
+        images = pipe(["a starry night by Van Gogh", "a red car"]).images
+        print(spm.last_gates)  # (prompts x membranes) the gates the call used
+
+While attached, every call of the pipeline scores its text prompts against each membrane's
+erased concepts (the same FT gates as `spmctl sample`) and opens each membrane that far for that
+prompt's images; with `multiplier=` the gates are fixed instead. It works with the Stable
+Diffusion 1.x/2.x pipelines (anything whose `__call__` goes through `encode_prompt` and `unet`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import SpmctlError
+
+
+class Membranes:
+    """Membranes attached to a pipeline's UNet; each pipeline call gets its prompts' gates."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        spms: Sequence[str | Path],
+        *,
+        concepts: Sequence[str] | None = None,
+        multiplier: float | Sequence[float] | None = None,
+        ft_metric: str = "clipcos_tokenuni",
+        facilitate_factor: float = 1.0,
+        compat: str = "default",
+    ) -> None:
+        from .sampling.ft import METRICS
+        from .sampling.stack import MembraneStack, load_spms
+
+        if ft_metric not in METRICS:
+            raise SpmctlError(f"ft_metric {ft_metric!r}: expected one of {', '.join(METRICS)}")
+        if compat not in ("default", "original"):
+            raise SpmctlError(f"compat {compat!r}: expected 'default' or 'original'")
+        for part in ("unet", "tokenizer", "text_encoder", "encode_prompt"):
+            if not hasattr(pipe, part):
+                raise SpmctlError(f"{type(pipe).__name__} has no {part}: attach needs a Stable Diffusion pipeline")
+        self.pipe = pipe
+        self.spms = load_spms([str(p) for p in spms], list(concepts) if concepts is not None else None)
+        if isinstance(multiplier, int | float):
+            multiplier = [float(multiplier)]
+        self.multiplier = list(multiplier) if multiplier is not None else None
+        self.ft_metric, self.facilitate_factor, self.compat = ft_metric, facilitate_factor, compat
+        self.last_gates = None
+        if self.multiplier is not None:
+            self.gates([""])  # a wrong number of multipliers fails here, not inside the first call
+        self._stack = MembraneStack(pipe.unet, self.spms, compat)
+        self._encode_prompt = pipe.encode_prompt
+        pipe.encode_prompt = self._gated_encode_prompt  # the instance attribute wins over the method
+
+    def gates(self, prompts: Sequence[str]) -> Any:
+        """(P, N) tensor: the gate each membrane gets for each prompt."""
+        from .sampling.stack import spm_gates
+
+        return spm_gates(self.pipe.tokenizer, self.pipe.text_encoder, list(prompts), self.spms,
+                         multiplier=self.multiplier, metric=self.ft_metric,
+                         factor=self.facilitate_factor, compat=self.compat)
+
+    def _gated_encode_prompt(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
+        num_images = args[1] if len(args) > 1 else kwargs.get("num_images_per_prompt", 1)
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif prompt is not None:
+            prompts = list(prompt)
+        elif self.multiplier is not None:  # fixed gates need no text: one row serves every image
+            prompts = [""]
+        else:
+            raise SpmctlError("facilitated transport needs the prompt text: call the pipeline with "
+                              "prompt=..., not prompt_embeds (or attach with multiplier=...)")
+        gates = self.gates(prompts)
+        self.last_gates = gates
+        # encode_prompt repeats each prompt's embedding num_images_per_prompt times in a row
+        self._stack.set_gates(gates.repeat_interleave(int(num_images or 1), dim=0) if prompt is not None
+                              else gates)
+        return self._encode_prompt(prompt, *args, **kwargs)
+
+    def detach(self) -> None:
+        """Take the membranes off: the pipeline is as it was before attach."""
+        if self._stack is None:
+            return
+        self._stack.close()
+        self._stack = None
+        if self.pipe.__dict__.get("encode_prompt") == self._gated_encode_prompt:
+            del self.pipe.encode_prompt
+
+    def __enter__(self) -> Membranes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+
+def attach(pipe: Any, spms: Sequence[str | Path] | str | Path, **options: Any) -> Membranes:
+    """Attach SPM files (or run folders) to `pipe`; see `Membranes` for the options. Use it as a
+    context manager, or call `.detach()` to take the membranes off."""
+    if isinstance(spms, str | Path):
+        spms = [spms]
+    return Membranes(pipe, spms, **options)
