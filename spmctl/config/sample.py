@@ -34,9 +34,10 @@ _ORIGINAL_KEYS = {
 
 class SampleConfig(CommandSettings):
     # the base model (as in `spmctl train`'s pretrained_model section)
-    model: str = Field(
-        "CompVis/stable-diffusion-v1-4",
-        description="hub id, diffusers folder, .ckpt/.safetensors file, or 'tiny'",
+    model: str | None = Field(
+        None,
+        description="hub id, diffusers folder, .ckpt/.safetensors file, or 'tiny' (default: the base "
+        "model the membranes record, else CompVis/stable-diffusion-v1-4)",
     )
     v2: bool = Field(False, description="the checkpoint is SD 2.x")
     v_pred: bool = Field(False, description="v-prediction model (SD 2.x 768)")

@@ -138,13 +138,52 @@ def _load_external(path: str, *, v2: bool, v_pred: bool, config: str | None = No
         return _load_single_file(local, v2=v2, v_pred=v_pred, config=config)
     if local.exists():
         raise SpmctlError(f"{path}: not a model (expected a diffusers folder, .ckpt or .safetensors)")
-    if path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise SpmctlError(f"{path}: model not found (no such folder or file, and not a hub id 'owner/name')")
+    if not _looks_like_hub_id(path):
+        raise SpmctlError(f"{path}: model not found (no such folder or file, and not a hub id "
+                          f"'owner/name'){_download_hint(path)}")
     try:
         return _from_pipeline(StableDiffusionPipeline.from_pretrained(path, **kwargs), path)
     except Exception as exc:
-        raise SpmctlError(f"{path}: cannot load from the hub: {one_line(exc, limit=300)} "
-                          "(offline? fetch it first with `spmctl download model`)") from None
+        raise SpmctlError(_hub_error(path, exc)) from None
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """'owner/name', and not a missing local path: `models/compvis` (the seed's download layout)
+    or a path whose first folder exists here is a local folder the user has not fetched yet."""
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or "\\" in path:
+        return False
+    first = path.split("/", 1)[0]
+    return first not in ("models", "data", "outputs") and not Path(first).is_dir()
+
+
+def _download_hint(path: str) -> str:
+    """`; fetch it with ...` when `spmctl download model` knows a source that lands at `path`."""
+    try:
+        from ..download.manifest import load_manifest
+
+        for name, source in load_manifest().models.items():
+            if Path(source.dest) == Path(path):
+                return f"; fetch it with `spmctl download model {name}`"
+    except Exception:  # the hint is a courtesy: a broken sources file must not hide the real error
+        pass
+    return ""
+
+
+def _hub_error(hub_id: str, exc: BaseException) -> str:
+    """The hub client's failure in spmctl's terms (its own advice names library arguments)."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    text = str(exc)
+    fetch = f"fetch it with `spmctl download model {hub_id}` and pass -m models/{hub_id}"
+    if "GatedRepoError" in names or "gated" in text.lower():
+        return (f"{hub_id}: the hub refuses access (a gated or private model): accept its terms on its "
+                "hub page, log in with `hf auth login`, then try again")
+    if "RepositoryNotFoundError" in names or "is not a valid model identifier" in text or "404" in text:
+        return f"{hub_id}: no such model on the hub (check the id; a private one needs `hf auth login`)"
+    if ("LocalEntryNotFoundError" in names or "not fully cached" in text or "Couldn't connect" in text
+            or "offline" in text.lower() or "Connection" in text):
+        return (f"{hub_id}: not downloaded yet and the hub cannot be reached (offline, or HF_HUB_OFFLINE "
+                f"set); {fetch} (--endpoint for a mirror)")
+    return f"{hub_id}: cannot load from the hub: {one_line(exc, limit=300).split(' (')[0]}; or {fetch}"
 
 
 def _load_single_file(path: Path, *, v2: bool, v_pred: bool, config: str | None = None) -> SDModel:

@@ -18,7 +18,7 @@ from ..providers import PromptRow
 from ..scale.shard import SampleShard, for_this_rank
 from .generate import Generator, Job, build_pipeline
 from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
-from .stack import SPM, MembraneStack, ft_scaling_for, load_spms, spm_gates
+from .stack import SPM, MembraneStack, base_model_of, ft_scaling_for, load_spms, spm_gates
 
 
 def load_rows(cfg: SampleConfig) -> list[PromptRow]:
@@ -169,7 +169,13 @@ def run_sampling(
             f"--multiplier: give one value or one per SPM ({len(spms)}), not {len(cfg.multiplier)}"
         )
     device = cfg.resolved_device()  # a device this machine lacks stops here, before the model loads
-    model = load_sd_model(cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=device)
+    if not spms:
+        console.print("no --spm given: generating with the base model alone")
+    model_path = cfg.model
+    if model_path is None:
+        model_path, why = base_model_of(spms)
+        console.print(why)
+    model = load_sd_model(model_path, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=device)
     check_inputs(cfg, model, rows, device)
     # attach first: an SPM for another UNet fails here, before any output is touched
     stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None

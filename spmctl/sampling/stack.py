@@ -37,6 +37,7 @@ class SPM:
     rank: int
     alpha: float
     digest: str = ""  # sha256 prefix of the file: a retrained membrane at the same path is another SPM
+    base_model: str | None = None  # the model it was trained on, as `spmctl train` records it
 
     @property
     def scale(self) -> float:
@@ -56,8 +57,30 @@ def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
             names = [c.strip() for c in concepts[i].split(",") if c.strip()]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         stem = path.stem.removesuffix("_last")
-        out.append(SPM(path, stem, mf.tensors, names, int(mf.rank), float(mf.alpha), digest))
+        out.append(SPM(path, stem, mf.tensors, names, int(mf.rank), float(mf.alpha), digest,
+                       mf.metadata.get("spmctl_base_model") or None))
     return out
+
+
+DEFAULT_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
+
+
+def base_model_of(spms: list[SPM]) -> tuple[str, str]:
+    """The model to sample with when none is given, and why: the one the membranes were trained
+    on (they must agree), else SD 1.4 (what the original code assumes)."""
+    recorded = {s.base_model for s in spms if s.base_model}
+    if len(recorded) > 1:
+        raise SpmctlError(
+            "the SPMs were trained on different base models ("
+            + ", ".join(f"{s.path.name}: {s.base_model}" for s in spms if s.base_model)
+            + "); choose one with -m"
+        )
+    if recorded:
+        model = recorded.pop()
+        first = next(s for s in spms if s.base_model == model)
+        return model, f"base model {model}, recorded in {first.path.name} (-m chooses another)"
+    why = "the SPMs do not record theirs" if spms else "no -m given"
+    return DEFAULT_BASE_MODEL, f"base model {DEFAULT_BASE_MODEL} ({why}; -m chooses another)"
 
 
 def spm_gates(
