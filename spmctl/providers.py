@@ -75,9 +75,10 @@ def resolve_name(kind: str, name: str, choices: Iterable[str]) -> str:
     by_key = {_normalise(option): option for option in options}
     if _normalise(name) in by_key:
         return by_key[_normalise(name)]
-    close = difflib.get_close_matches(name, options, n=1) or difflib.get_close_matches(
-        _normalise(name), list(by_key), n=1)
-    hint = f" (did you mean {by_key.get(close[0], close[0])!r}?)" if close else ""
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5) or difflib.get_close_matches(
+        _normalise(name), list(by_key), n=3, cutoff=0.5)
+    shown = " or ".join(repr(by_key.get(c, c)) for c in close)
+    hint = f" (did you mean {shown}?)" if close else ""
     raise SpmctlError(f"unknown {kind} {name!r}{hint}")
 
 

@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import SpmctlError, error_line
-from . import attack, doctor, download, eval_cmd, export, plugins_cmd, sample, train
+from . import attack, doctor, download, eval_cmd, export, names, plugins_cmd, sample, train
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ def main_callback(
 app.command("train", help=train.train.__doc__)(train.train)
 app.command("sample", help=sample.sample.__doc__)(sample.sample)
 app.command("attack", help=attack.attack.__doc__)(attack.attack)
+app.command("names", help=names.names.__doc__)(names.names)
 app.add_typer(export.app, name="export", help="Export membranes: LoRA files, merged membranes or models.")
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
@@ -63,6 +64,12 @@ def _honour_bool_values(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         arg = argv[i]
+        flag, eq, given = arg.partition("=")
+        if eq and flag in _VALUED_BOOL_FLAGS and given.lower() in _TRUE | _FALSE:  # --use_sample=false
+            name = _VALUED_BOOL_FLAGS[flag]
+            out.append(f"--{name}" if given.lower() in _TRUE else f"--no-{name}")
+            i += 1
+            continue
         name = _VALUED_BOOL_FLAGS.get(arg)
         value = argv[i + 1].lower() if name and i + 1 < len(argv) else None
         if value in _TRUE or value in _FALSE:

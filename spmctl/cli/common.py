@@ -43,12 +43,17 @@ def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def print_config_table(cfg: BaseModel, origin: dict[str, str]) -> None:
-    """The merged configuration on stdout as YAML, each value commented with its source."""
+    """The merged configuration on stdout as YAML, each value commented with its source. Its
+    dotted keys (as `--set` takes them) load back: the output is a config file for `-c`."""
     import yaml
 
     from ..config.loader import source_of
 
-    for key, value in _flatten(cfg.model_dump(mode="json")):
+    values = cfg.model_dump(mode="json")
+    if isinstance(getattr(cfg, "prompt", None), list):
+        # only what was set: an unset prompt key means "the template's value", not the class default
+        values["prompt"] = [p.model_dump(mode="json", exclude_unset=True) for p in cfg.prompt]
+    for key, value in _flatten(values):
         source = source_of(origin, key)
         shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
         shown = shown.removesuffix("\n...").removesuffix("...").strip()

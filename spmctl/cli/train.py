@@ -65,6 +65,11 @@ def train(
     }
     overrides = collect_overrides(flags, set_)
     cfg, origin = load_train_config(config, overrides)
+    from ..config.train import OPTIMIZER_FALLBACK
+
+    if origin.get("train.optimizer_type") == OPTIMIZER_FALLBACK and not print_config:
+        stderr_console(quiet).print(f"note: train.optimizer_type: {OPTIMIZER_FALLBACK}", highlight=False,
+                                    markup=False)
     if print_config:
         from .common import print_config_table
 

@@ -113,6 +113,40 @@ def nest(path: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
+def expand_dotted(values: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Dotted keys as `--print-config` prints them and `--set` takes them (`train.lr: 3e-4`,
+    `prompt.0.target: cat`) -> nested sections; numbered parts become list items. A key given
+    both ways is a one-line ConfigError naming the file."""
+    if not any(isinstance(k, str) and "." in k for k in values):
+        return dict(values)
+    out: dict[Any, Any] = {}
+    for key, value in values.items():
+        path = key.split(".") if isinstance(key, str) else [key]
+        _merge_strict(out, nest(path, value), label, "")
+    return _numbered_to_lists(out)
+
+
+def _merge_strict(into: dict[Any, Any], new: Mapping[Any, Any], label: str, prefix: str) -> None:
+    for key, value in new.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], Mapping) and isinstance(value, Mapping):
+            into[key] = dict(into[key])
+            _merge_strict(into[key], value, label, f"{prefix}{key}.")
+        else:
+            raise config_error(f"{label}: {prefix}{key} is given twice")
+
+
+def _numbered_to_lists(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    items = {k: _numbered_to_lists(v) for k, v in value.items()}
+    numbered = items and all(isinstance(k, str) and k.isdigit() for k in items)
+    if numbered and sorted(int(k) for k in items) == list(range(len(items))):
+        return [items[str(i)] for i in range(len(items))]
+    return items
+
+
 def deep_merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(low)
     for key, value in high.items():

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..errors import config_error
 from ..names import DTYPES, FT_METRICS, FTMetric, NoiseScheduler
-from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
+from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml
 from .train import MAX_SEED, Seed, _precision, multiple_of_8
 
 # original SPM generation.yaml key -> our key
@@ -193,7 +193,7 @@ def load_sample_config(
             raw = {}
         if not isinstance(raw, dict):
             raise config_error(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-        file_values = _normalise(raw, str(path))
+        file_values = _normalise(expand_dotted(raw, str(path)), str(path))
         label = str(path)
     return build_config(model, file_values, label, overrides, normalise=_normalise)
 

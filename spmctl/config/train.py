@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import config_error
 from ..names import NOISE_SCHEDULERS, NoiseScheduler, Precision, dtype_name
-from .loader import COMMAND_LINE, CommandSettings, build_config, read_yaml
+from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml
 
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "lion", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
@@ -253,13 +253,34 @@ def load_train_config(
                                f"got {type(raw).__name__}")
         base_dir = Path(config_path).parent
         label = str(config_path)
-        file_values = _normalise_original(raw, label, base_dir)
+        file_values = _normalise_original(expand_dotted(raw, label), label, base_dir)
 
     def normalise(values: dict[str, Any], source: str) -> dict[str, Any]:
         return _normalise_original(values, source, Path.cwd())
 
-    return build_config(TrainConfig, file_values, label, cli_values or {}, normalise)
+    cfg, origin = build_config(TrainConfig, file_values, label, cli_values or {}, normalise)
+    fit_default_optimizer(cfg, origin)
+    return cfg, origin
 
 
-__all__ = ["TrainConfig", "PromptSettings", "load_train_config", "COMMAND_LINE", "OPTIMIZERS",
-           "LR_SCHEDULERS", "NOISE_SCHEDULERS"]
+# Where the default optimizer was replaced (the source comment --print-config shows).
+OPTIMIZER_FALLBACK = ("default AdamW8bit needs bitsandbytes, not installed: AdamW "
+                      "(pip install 'spmctl[bnb]' for the original's optimizer)")
+
+
+def fit_default_optimizer(cfg: TrainConfig, origin: dict[str, str]) -> None:
+    """The seed's default optimizer is bitsandbytes' AdamW8bit, which a standard install lacks:
+    when nobody chose the optimizer and bitsandbytes is missing, train with AdamW instead (the
+    same update in 32-bit state). A chosen AdamW8bit still fails with the install command."""
+    import importlib.util
+
+    from .loader import DEFAULT, source_of
+
+    if (source_of(origin, "train.optimizer_type") == DEFAULT and cfg.train.optimizer_type == "adamw8bit"
+            and importlib.util.find_spec("bitsandbytes") is None):
+        cfg.train.optimizer_type = "adamw"
+        origin["train.optimizer_type"] = OPTIMIZER_FALLBACK
+
+
+__all__ = ["TrainConfig", "PromptSettings", "load_train_config", "OPTIMIZER_FALLBACK", "COMMAND_LINE",
+           "OPTIMIZERS", "LR_SCHEDULERS", "NOISE_SCHEDULERS"]

@@ -13,12 +13,26 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.train import PromptSettings, TrainConfig
-from ..errors import config_error
+from ..errors import ConfigError, config_error
 
 WHAT_KEYS = ("target", "positive", "neutral", "unconditional")
 
 
+# The built-in tiny model's images are 64 px: the templates' 512 px would cost ~60x the compute.
+TINY_RESOLUTION = 64
+
+
 def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = print) -> list[PromptSettings]:
+    from ..models.tiny import is_tiny
+
+    settings = _resolve(cfg, warn)
+    chosen = any("resolution" in s.model_fields_set for s in cfg.prompt_list())
+    if is_tiny(cfg.pretrained_model.ckpt_path) and not chosen:
+        settings = [s.model_copy(update={"resolution": TINY_RESOLUTION}) for s in settings]
+    return settings
+
+
+def _resolve(cfg: TrainConfig, warn: Callable[[str], None]) -> list[PromptSettings]:
     from .. import plugins
 
     if cfg.dataset_type:
@@ -26,7 +40,8 @@ def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = prin
     explicit = cfg.prompt_list()
     if cfg.template and cfg.template_name:
         provider = plugins.get_template(cfg.template)
-        from_template = [PromptSettings(**s) for s in provider.prompt_settings(cfg.template_name)]
+        from_template = [PromptSettings(**s) for s in _template_settings(provider, cfg.template,
+                                                                          cfg.template_name)]
         if not explicit:
             return [s.resolved() for s in from_template]
         how = explicit[0].model_dump(exclude=set(WHAT_KEYS), exclude_unset=True)
@@ -40,6 +55,23 @@ def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = prin
     if not explicit:
         raise config_error("nothing to erase: set prompt.target, or template and template_name")
     return [s.resolved(fallback_target=cfg.template_name) for s in explicit]
+
+
+def _template_settings(provider: Any, template: str, name: str) -> list[dict[str, Any]]:
+    """The template's settings for `name`; an unknown name is a config error (exit 2) that lists
+    close names and says which other template has it."""
+    from ..cli.names import templates_having
+    from ..errors import SpmctlError
+
+    try:
+        return provider.prompt_settings(name)
+    except ConfigError:
+        raise
+    except SpmctlError as exc:
+        others = [t for t in templates_having(name) if t != template]
+        hint = f"; {name!r} is a name of --template {' / '.join(others)}" if others else ""
+        raise config_error(f"template_name: {exc}{hint} "
+                          f"(`spmctl names {template}` lists them)") from None
 
 
 def _merge(settings: PromptSettings, how: dict[str, Any]) -> PromptSettings:
