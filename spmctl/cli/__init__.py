@@ -93,6 +93,9 @@ def main() -> None:
     except SpmctlError as exc:
         print(error_line(exc), file=sys.stderr)
         _exit(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C where no command saves anything: one line, not a traceback
+        print("interrupted", file=sys.stderr)
+        _exit(130)
     except SystemExit as exc:
         if not isinstance(exc.code, int | None):
             raise  # a message: let Python print it and exit 1

@@ -111,7 +111,7 @@ def _write(
     Metadata as `save_membrane` writes it (prompts, rank, alpha) plus kohya's; written atomically."""
     from safetensors.torch import save_file
 
-    from ..training.checkpoint import atomic_write
+    from ..fileio import atomic_write
 
     data = {}
     for key, value in tensors.items():

@@ -8,7 +8,6 @@ it has no facilitated transport.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import SpmctlError
+from ..fileio import fsync_dir, make_parents, remove_empty, settle_tree, temp_dir, write_error, write_problem
 from ..membrane import load_membrane, lora_name
 from .lora import Weighted, modules_of
 
@@ -89,14 +89,19 @@ def save_diffusers(model: Any, out: Path) -> Path:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    created = make_parents(out)
+    tmp = temp_dir(out)
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        settle_tree(tmp)
         tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        if isinstance(exc, Exception) and write_problem(exc) is not None:
+            raise write_error(out, exc) from None
         raise
+    fsync_dir(out.parent)
     return out
 
 
@@ -104,7 +109,7 @@ def save_single_file(model: Any, out: Path) -> Path:
     """One `.safetensors` in the original SD layout (UNet, VAE, text encoder)."""
     from safetensors.torch import save_file
 
-    from ..training.checkpoint import atomic_write
+    from ..fileio import atomic_write
     from .ldm import to_ldm_checkpoint
 
     state = {k: v.detach().cpu().contiguous() for k, v in to_ldm_checkpoint(model).items()}

@@ -7,15 +7,14 @@ code writes and A1111/ComfyUI/kohya read.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spmctl.errors import SpmctlError, one_line
+from spmctl.fileio import atomic_write
 
 # the kohya key suffixes after `lora_unet_<path>`; this module owns the file format
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -63,8 +62,8 @@ def save_membrane(
     dtype: torch.dtype = torch.float32,
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write `tensors` (kohya keys) to `path` via a temporary file in the same folder + os.replace,
-    so a crash leaves either the old file or the new one, never half of one."""
+    """Write `tensors` (kohya keys) to `path` through `fileio.atomic_write` (temp file, fsync,
+    rename), so a crash leaves either the old file or the new one, never half of one."""
     from safetensors.torch import save_file
 
     if dtype not in SAVE_DTYPES:
@@ -79,18 +78,7 @@ def save_membrane(
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in tensors.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(data, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
     return path
 
 

@@ -8,6 +8,7 @@ and without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..training.checkpoint import atomic_write, write_text_atomic
+from ..fileio import atomic_write, make_parents, remove_empty, write_error, write_text_atomic
 from .generate import Job
 
 MANIFEST = "manifest.jsonl"
@@ -98,16 +99,28 @@ class ManifestWriter:
         self.folder = folder
         self.path = path or folder / MANIFEST
         self.records = dict(existing)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("a", encoding="utf-8")
+        self._created = make_parents(self.path)
+        try:
+            self._handle = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            remove_empty(self._created)
+            raise write_error(self.path, exc) from None
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["file"]] = record
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
-    def finish(self, order: list[str]) -> None:
-        self._handle.close()
+    def finish(self, order: list[str], failed: bool = False) -> None:
+        with contextlib.suppress(OSError):  # a full disk: the error being raised says so already
+            self._handle.close()
+        if failed and not self.records:  # nothing made: leave nothing behind
+            self.path.unlink(missing_ok=True)
+            remove_empty(self._created)
+            return
         keep = [self.records[name] for name in order if name in self.records]
         others = [r for name, r in self.records.items() if name not in set(order)]  # earlier runs' images
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in others + keep))

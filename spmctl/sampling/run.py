@@ -221,14 +221,16 @@ def _sample(
             writer.add(record)
     if len(todo) < len(jobs):
         console.print(f"{len(jobs) - len(todo)} of {len(jobs)} images already in {out_dir}: skipped")
+    failed = True
     try:
         pipe = build_pipeline(model, cfg.noise_scheduler, cfg.v_pred)
         generate = Generator(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
         if prompt_embeds is not None:
             generate.prime(prompts, prompt_embeds)
         _generate_all(generate, stack, jobs, records, todo, writer, cfg.batch_size, console, quiet, len(rows))
+        failed = False
     finally:
-        writer.finish(names)
+        writer.finish(names, failed)
         share.close(all_names)  # rank 0 merges the processes' manifests
     if cfg.grid and share.is_main:
         grid = write_grid(out_dir, all_names)

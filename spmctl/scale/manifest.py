@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import write_text_atomic
+from ..fileio import write_text_atomic
 
 SWEEP = "sweep.json"
 PART_GLOB = "sweep.rank*.json"

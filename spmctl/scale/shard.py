@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..fileio import write_text_atomic
 from ..sampling.output import MANIFEST, ManifestWriter, read_manifest, read_records
-from ..training.checkpoint import write_text_atomic
 from . import dist as scale_dist
 
 T = TypeVar("T")
@@ -99,6 +99,6 @@ class SampleShard:
 class _PartWriter(ManifestWriter):
     """A ManifestWriter for this rank's part file, which keeps only this rank's records."""
 
-    def finish(self, order: list[str]) -> None:
+    def finish(self, order: list[str], failed: bool = False) -> None:
         self._handle.close()
         write_text_atomic(self.path, "".join(json.dumps(self.records[n]) + "\n" for n in order if n in self.records))
