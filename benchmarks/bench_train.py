@@ -82,7 +82,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
         subprocess.run([str(spmctl), "train", "-c", str(cfg_path), "--quiet"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
-        ours = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+        ours = json.loads((Path(tmp) / "out" / "cat_summary.json").read_text())
         if args.spmctl_only:
             keys = ("seconds_per_iteration", "peak_memory_bytes")
             result = {"model": args.model, "iterations": args.iterations, "resolution": args.resolution,
@@ -92,7 +92,7 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(result, indent=2))
             return
         # the original loop replays spmctl's denoising depths: both then do the same denoising work
-        log = (Path(tmp) / "out" / "log.jsonl").read_text().splitlines()
+        log = (Path(tmp) / "out" / "cat_log.jsonl").read_text().splitlines()
         ks = json.dumps([json.loads(line)["k"] for line in log])
         child = subprocess.run([sys.executable, __file__, "--original-child", str(cfg_path), ks], check=True,
                                capture_output=True, text=True, env=env)

@@ -228,13 +228,14 @@ def test_cli_errors_are_one_line(tmp_path: Path):
         "classifier's name)")
 
 
-def test_cli_cost_reads_training_folders_and_sample_folders(tmp_path: Path):
+@pytest.mark.parametrize("layout", ["nudity_summary.json", "summary.json"])  # now, and before runs shared folders
+def test_cli_cost_reads_training_folders_and_sample_folders(tmp_path: Path, layout: str):
     train = tmp_path / "train"
     train.mkdir()
     summary = {"name": "nudity", "concepts": ["nudity", "naked"], "iterations": 100, "seconds": 50.0,
                "seconds_per_iteration": 0.5, "device": "cpu", "peak_memory_bytes": 3 * 1024 * 1024,
                "adapter_bytes": 512 * 1024}
-    (train / "summary.json").write_text(json.dumps(summary))
+    (train / layout).write_text(json.dumps(summary))
     sample = write_sample_folder(tmp_path / "sample", [(flat((0.2, 0.2, 0.2)), {})],
                                  spms=[str(train / "nudity_last.safetensors")], concepts=[["nudity", "naked"]])
     out = tmp_path / "report"

@@ -153,10 +153,10 @@ def test_sweep_in_one_process(tmp_path: Path):
     assert {n: e["status"] for n, e in entries.items()} == {"cat": "done", "a red dog": "done"}
     assert load_membrane(tmp_path / "out" / "a_red_dog" / "a_red_dog_last.safetensors").prompts == ["a red dog"]
     # the prompt section still says how: 64 px, as configured
-    log = (tmp_path / "out" / "a_red_dog" / "log.jsonl").read_text().splitlines()
+    log = (tmp_path / "out" / "a_red_dog" / "a_red_dog_log.jsonl").read_text().splitlines()
     assert json.loads(log[0])["height"] == 64 and json.loads(log[0])["target"] == "a red dog"
     assert train_scaled(cfg, SweepSpec(names="cat,a red dog"), quiet=True) == 0  # all done: nothing to do
-    assert len((tmp_path / "out" / "cat" / "log.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "out" / "cat" / "cat_log.jsonl").read_text().splitlines()) == 2
 
 
 # ------------------------------------------------------------------------ several processes
@@ -189,7 +189,7 @@ def test_sweep_over_two_processes_survives_a_kill_and_a_failing_concept(tmp_path
         entries = read_entries(out)
         first_round = {entries.get(n, {}).get("status") for n in ("Van_Gogh", "Monet")}
         return (first_round == {"done"} and (picasso / "picasso_state.pt").exists()
-                and len((picasso / "log.jsonl").read_text().splitlines()) >= 6)
+                and len((picasso / "picasso_log.jsonl").read_text().splitlines()) >= 6)
 
     try:
         _wait_until(picasso_half_way, proc)
@@ -216,7 +216,7 @@ def test_sweep_over_two_processes_survives_a_kill_and_a_failing_concept(tmp_path
     assert all(isinstance(final["concepts"][n]["seconds"], float) for n in status)
     for name, mtime in done_before.items():  # done ones were not trained again
         assert (out / name.lower() / f"{name.lower()}_last.safetensors").stat().st_mtime_ns == mtime
-    steps = [json.loads(line)["step"] for line in (picasso / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (picasso / "picasso_log.jsonl").read_text().splitlines()]
     assert steps[-1] == 40 and steps.count(1) == 1  # continued from its checkpoint, not from the start
     for name in ("Van_Gogh", "Monet", "Picasso"):
         assert load_membrane(out / name.lower() / f"{name.lower()}_last.safetensors").prompts == [
@@ -240,11 +240,11 @@ def test_ddp_over_two_processes_matches_one_process(tmp_path: Path):
     for key, value in reference.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=1e-5, msg=key)
     # rank 0 alone wrote the log, with the ranks' averaged losses: those of the one-process run
-    one = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
-    two = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "cat_log.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "ddp" / "cat_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in two] == list(range(1, 7))
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
-    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "ddp" / "cat_summary.json").read_text())["processes"] == 2
 
 
 def test_sharded_sampling_writes_each_image_once(tmp_path: Path):

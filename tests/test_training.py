@@ -66,11 +66,11 @@ def test_outputs_and_log(trained):
     out = last.parent
     assert last.name == "cat_last.safetensors"
     assert load_membrane(last).prompts == ["cat"]
-    assert {"config.yaml", "log.jsonl", "summary.json", "cat_state.pt"} <= {p.name for p in out.iterdir()}
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"cat_config.yaml", "cat_log.jsonl", "cat_summary.json", "cat_state.pt"} <= {p.name for p in out.iterdir()}
+    records = [json.loads(line) for line in (out / "cat_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 41))
     assert all({"erase_loss", "anchor_loss", "lr", "loss"} <= set(r) for r in records)
-    assert yaml.safe_load((out / "config.yaml").read_text())["template_name"] == "cat"
+    assert yaml.safe_load((out / "cat_config.yaml").read_text())["template_name"] == "cat"
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
@@ -85,10 +85,11 @@ def test_seed_config_with_a_style_template_trains_on_that_style(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     files = list((tmp_path / "out").glob("*_last.safetensors"))
     assert len(files) == 1 and load_membrane(files[0]).prompts == ["Van Gogh"]
-    targets = {json.loads(line)["target"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()}
+    log = tmp_path / "out" / "van_gogh_log.jsonl"
+    targets = {json.loads(line)["target"] for line in log.read_text().splitlines()}
     assert targets == {"Van Gogh"}
     assert "prompt.target 'Abstractionism' differs from template_name" in result.stderr
-    cfg, _ = load_train_config(tmp_path / "out" / "config.yaml")
+    cfg, _ = load_train_config(tmp_path / "out" / "van_gogh_config.yaml")
     settings = resolve_prompt_settings(cfg)
     assert [(s.target, s.positive, s.neutral, s.action, s.la_strength, s.sampling_batch_size)
             for s in settings] == [("Van Gogh", "Van Gogh", "", "erase_with_la", 1000, 4)]
@@ -105,7 +106,7 @@ def _wait_for_step(log: Path, step: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError("training did not reach the step in time")
 
 
-@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c", "sigterm"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str):
     whole = write_config(tmp_path / "whole.yaml", output_dir=str(tmp_path / "whole"), save__per_steps=4,
                          train__iterations=16, train__lr_scheduler="cosine", train__lr_warmup_steps=2)
@@ -116,14 +117,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str):
                        train__iterations=16, train__lr_scheduler="cosine", train__lr_warmup_steps=2)
     proc = subprocess.Popen([str(SPMCTL), "train", "-c", str(cut), "--quiet"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for_step(tmp_path / "cut" / "log.jsonl", 6, proc)
+    _wait_for_step(tmp_path / "cut" / "cat_log.jsonl", 6, proc)
     if stop == "kill":
         proc.kill()
-    else:
-        proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
-    if stop == "ctrl-c":
-        assert proc.returncode == 130
+    else:  # what a job scheduler sends before it kills is handled like Ctrl-C
+        proc.send_signal(signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if stop != "kill":
+        assert proc.returncode == (130 if stop == "ctrl-c" else 143), err
+        what = "interrupted" if stop == "ctrl-c" else "terminated (SIGTERM)"
+        assert err.strip().startswith(f"{what} at step ") and ": saved; continue with --resume" in err, err
     assert not (tmp_path / "cut" / "cat_last.safetensors").exists()
     again = run_spmctl("train", "-c", str(cut), "--quiet")
     assert again.returncode == 2 or again.returncode == 1
@@ -134,6 +137,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str):
     got = load_membrane(tmp_path / "cut" / "cat_last.safetensors").tensors
     for key, value in reference.items():
         torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-7, msg=key)
+    # records the killed run logged past its checkpoint were dropped: each step once, in order
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "cat_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 17))
+    summary = json.loads((tmp_path / "cut" / "cat_summary.json").read_text())  # the time of both parts
+    parts = [(p["from_step"], p["to_step"]) for p in summary["parts"]]
+    assert len(parts) == 2 and parts[0][0] == 0 and parts[0][1] == parts[1][0] and parts[1][1] == 16
+    assert summary["seconds"] == pytest.approx(sum(p["seconds"] for p in summary["parts"]))
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -204,7 +214,7 @@ def test_prompt_section_alone_is_what_trains(tmp_path: Path):
     cfg, _ = load_train_config(cfg_path)
     last = run_training(cfg, quiet=True)
     assert last.name == "dog_last.safetensors" and load_membrane(last).prompts == ["dog"]
-    targets = {json.loads(line)["target"] for line in (tmp_path / "o" / "log.jsonl").read_text().splitlines()}
+    targets = {json.loads(line)["target"] for line in (tmp_path / "o" / "dog_log.jsonl").read_text().splitlines()}
     assert targets == {"dog"}
 
 

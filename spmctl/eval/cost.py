@@ -21,10 +21,19 @@ MIB = 1024 * 1024
 
 
 def summaries_for(folder: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
-    if (folder / SUMMARY).is_file():
-        return [folder / SUMMARY]
+    """A training folder's summaries (`<name>_summary.json`, one per run in it, or an older
+    folder's bare `summary.json`), or those of the SPM files a sample folder's manifest names."""
+    found = sorted(folder.glob(f"*_{SUMMARY}")) or [p for p in [folder / SUMMARY] if p.is_file()]
+    if found:
+        return found
     spms = (records[0].get("spms") or []) if records else []
-    return list(dict.fromkeys(Path(s).parent / SUMMARY for s in spms))
+    return list(dict.fromkeys(summary_of(Path(s)) for s in spms))
+
+
+def summary_of(spm: Path) -> Path:
+    """The summary of the run that wrote `spm` (`<name>_last.safetensors` -> `<name>_summary.json`)."""
+    own = spm.with_name(f"{spm.name.split('.')[0].removesuffix('_last')}_{SUMMARY}")
+    return own if own.is_file() or not (spm.parent / SUMMARY).is_file() else spm.parent / SUMMARY
 
 
 def combine(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:

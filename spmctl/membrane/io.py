@@ -44,8 +44,10 @@ def resolve_spm_path(path: str | Path) -> Path:
             return found[0]
         if not found:
             raise SpmctlError(f"{p}: folder holds no *_last.safetensors membrane")
+        # runs of several concepts share a folder: which one is meant is the user's choice
         raise SpmctlError(
-            f"{p}: folder holds several membranes ({', '.join(f.name for f in found)}); name the file"
+            f"{p}: folder holds several membranes; pass the one you mean, or each with its own --spm to "
+            f"apply them together: {' '.join(f'--spm {f}' for f in found)}"
         )
     if not p.exists():
         raise SpmctlError(f"SPM file not found: {p}")

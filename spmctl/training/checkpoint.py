@@ -1,45 +1,38 @@
-"""Training state on disk: membranes every `save.per_steps`, and a resume state.
+"""Training state on disk: the resume state.
 
-Every file is written to a temporary name in the same folder and renamed, so a
-crash or Ctrl-C never leaves a half-written checkpoint. The resume state holds
-the fp32 membrane, optimizer, LR schedule, RNG and step; it is read back with
-`weights_only=True` (no arbitrary pickle).
+It is written through `spmctl.fileio.atomic_write` (temp file, fsync, rename, folder fsync), so a
+crash, kill or power cut never leaves a half-written checkpoint. It holds the fp32 membrane,
+optimizer, LR schedule, RNG and step, and is read back with `weights_only=True` (no arbitrary
+pickle). A state with a non-finite number in it is never written: it could only resume into NaN.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import SpmctlError, one_line
-
-STATE_SUFFIX = "_state.pt"
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` then rename onto `path` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+from ..fileio import atomic_write, write_text_atomic
+from .folder import STATE_SUFFIX
 
 
 def state_path(output_dir: Path, name: str) -> Path:
     return output_dir / f"{name}{STATE_SUFFIX}"
+
+
+def all_finite(membrane: dict[str, torch.Tensor], optimizer: Any) -> bool:
+    """Whether the membrane and every floating tensor of the optimizer's state are finite
+    (one device sync, however many tensors)."""
+    tensors: Iterable[torch.Tensor] = [*membrane.values(), *(
+        v for s in optimizer.state.values() for v in s.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point())]
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def save_state(path: Path, *, step: int, membrane: dict[str, torch.Tensor], optimizer: Any,
@@ -53,7 +46,9 @@ def save_state(path: Path, *, step: int, membrane: dict[str, torch.Tensor], opti
         "torch_rng": torch.get_rng_state(),
         "extra": json.dumps(extra),
     }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()  # serialised first: a full disk is then a plain OSError, not torch's riddle
+    torch.save(state, buffer)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -63,3 +58,6 @@ def load_state(path: Path) -> dict[str, Any]:
         raise SpmctlError(f"{path}: cannot read the resume state: {one_line(exc)}") from None
     state["extra"] = json.loads(state.get("extra") or "{}")
     return state
+
+
+__all__ = ["all_finite", "atomic_write", "load_state", "save_state", "state_path", "write_text_atomic"]

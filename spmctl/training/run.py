@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +15,14 @@ from rich.console import Console
 
 from ..config.train import TrainConfig
 from ..errors import SpmctlError
-from .checkpoint import atomic_write, load_state, save_state, state_path, write_text_atomic
+from ..fileio import atomic_write, write_text_atomic
+from .checkpoint import all_finite, load_state, save_state
+from .folder import RunFolder
 from .objective import Embeds, SPMObjective
 from .optim import build_lr_scheduler, build_optimizer, check_optimizer_args
 from .prompts import concept_names, resolve_prompt_settings
+from .resume import check_resumable, run_settings
+from .signals import EXIT_CODES, QuitNow, deferred_stop
 
 if TYPE_CHECKING:
     from ..scale.ddp import DataParallel
@@ -103,180 +104,235 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
 
     `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes.
     `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
-    from ..membrane import MembraneNetwork, save_membrane
-    from ..models.loading import load_sd_model, make_scheduler, torch_dtype
+    run = TrainingRun(cfg, console, quiet, ddp, resume_hint)
+    failed = True
+    try:
+        run.prepare()
+        last = run.train()
+        failed = False
+        return last
+    except SystemExit as exc:  # a stop that saved: resumable
+        failed = exc.code not in EXIT_CODES.values()
+        raise
+    finally:
+        run.close(failed)
 
-    main = ddp is None or ddp.is_main
-    quiet = quiet or not main
-    console = console if console is not None and main else Console(stderr=True, quiet=quiet)
 
-    def warn(msg: str) -> None:
-        if main:  # every rank reads the same config: one copy of each warning is enough
+class TrainingRun:
+    """One training run: its folder, model, membrane, optimizer, RNG and the time spent so far.
+
+    `save` is the only writer of checkpoints (every `save.per_steps`, on Ctrl-C/SIGTERM, on a
+    non-finite loss, at the end), so what a run leaves behind is decided in one place."""
+
+    def __init__(self, cfg: TrainConfig, console: Console | None, quiet: bool, ddp: DataParallel | None,
+                 resume_hint: str) -> None:
+        self.cfg, self.ddp, self.resume_hint = cfg, ddp, resume_hint
+        self.main = ddp is None or ddp.is_main
+        self.quiet = quiet or not self.main
+        self.console = console if console is not None and self.main else Console(stderr=True, quiet=self.quiet)
+        self.settings = resolve_prompt_settings(cfg, self.warn)
+        check_optimizer_args(cfg.train)  # before the model loads and before output_dir is made
+        self.concepts = concept_names(self.settings)
+        self.name = cfg.save.name or slug("_".join(self.concepts))
+        self.folder = RunFolder(Path(cfg.output_dir), self.name)
+        self.saved_step: int | None = None  # the step of the resume state on disk
+        self.parts: list[dict[str, Any]] = []  # earlier parts of a resumed run
+        self.part_start, self.part_began = 0, time.perf_counter()
+
+    def warn(self, msg: str) -> None:
+        if self.main:  # every rank reads the same config: one copy of each warning is enough
             print(f"warning: {msg}", file=sys.stderr)
 
-    settings = resolve_prompt_settings(cfg, warn)
-    check_optimizer_args(cfg.train)  # before the model loads and before output_dir is made
-    concepts = concept_names(settings)
-    if cfg.train.text_encoder_lr is not None and cfg.verbose:
-        console.print("train.text_encoder_lr is unused: the text encoder has no membrane")
-    if any(cfg.train.batch_size != s.batch_size for s in settings):
-        # as in the original code, each prompt setting's batch_size is what a step draws
-        warn(f"train.batch_size = {cfg.train.batch_size} is not used: prompt.batch_size "
-             f"({', '.join(str(s.batch_size) for s in settings)}) sets the batch of each step")
-    device = pick_device(cfg.devices, warn)
-    name = cfg.save.name or slug("_".join(concepts))
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resume_file = state_path(out_dir, name)
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from ..membrane import MembraneNetwork
+        from ..models.loading import load_sd_model, make_scheduler
 
-    def read_resume_state() -> dict[str, Any] | None:
-        if resume_file.exists() and not cfg.resume:
-            raise SpmctlError(f"{out_dir}: holds a run of {name!r} already; pass --resume to continue it, "
-                              "or choose another output_dir")
-        return load_state(resume_file) if cfg.resume and resume_file.exists() else None
+        cfg = self.cfg
+        if cfg.train.text_encoder_lr is not None and cfg.verbose:
+            self.console.print("train.text_encoder_lr is unused: the text encoder has no membrane")
+        if any(cfg.train.batch_size != s.batch_size for s in self.settings):
+            # as in the original code, each prompt setting's batch_size is what a step draws
+            self.warn(f"train.batch_size = {cfg.train.batch_size} is not used: prompt.batch_size "
+                      f"({', '.join(str(s.batch_size) for s in self.settings)}) sets the batch of each step")
+        self.device = pick_device(cfg.devices, self.warn)
+        if self.main:
+            self.folder.open()
+        # DDP: rank 0 reads it and every rank gets the same state (other nodes may not see rank 0's disk)
+        ddp = self.ddp
+        state = ddp.from_main(self._read_resume_state) if ddp is not None else self._read_resume_state()
+        if state is not None:
+            check_resumable(self.folder.state, state["extra"], run_settings(cfg, self.settings))
+        if ddp is not None and self.main and (note := ddp.batch_note(self.settings)):
+            self.warn(note)
 
-    # DDP: rank 0 reads it and every rank gets the same state (other nodes may not see rank 0's disk)
-    state = ddp.from_main(read_resume_state) if ddp is not None else read_resume_state()
-    if ddp is not None and main and (note := ddp.batch_note(settings)):
-        warn(note)
+        torch.manual_seed(cfg.seed)
+        self.model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
+                                   v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision,
+                                   device=self.device, config=cfg.pretrained_model.config)
+        check_inputs(self.model, self.settings, self.device, self.warn)
+        if cfg.other.use_xformers:
+            _enable_xformers(self.model.unet, self.warn)
+        self.network = MembraneNetwork(self.model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha,
+                                       num_membranes=1)
+        self.network.to(device=self.device)  # the membrane itself stays fp32 whatever train.precision is
+        self.params = self.network.trainable_parameters()
+        self.optimizer = build_optimizer(self.params, cfg.train)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        model = self.model
+        self.objective = SPMObjective(
+            model.unet, self.network,
+            lambda: make_scheduler(cfg.train.noise_scheduler, model.scheduler_config, cfg.pretrained_model.v_pred),
+            cfg.train.max_denoising_steps, model.vae_scale_factor)
+        self.embeds = _embeds(model, self.settings, cfg.pretrained_model.clip_skip)
+        if ddp is not None:  # identical start on every rank; each computes its slice of every batch
+            ddp.broadcast_(self.params)
+            self.objective.shard = ddp.shard
 
-    torch.manual_seed(cfg.seed)
-    model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
-                          v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision, device=device,
-                          config=cfg.pretrained_model.config)
-    check_inputs(model, settings, device, warn)
-    if cfg.other.use_xformers:
-        _enable_xformers(model.unet, warn)
-    network = MembraneNetwork(model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha, num_membranes=1)
-    network.to(device=device)  # the membrane itself stays fp32 whatever train.precision is
-    params = network.trainable_parameters()
-    optimizer = build_optimizer(params, cfg.train)
-    lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    objective = SPMObjective(
-        model.unet, network,
-        lambda: make_scheduler(cfg.train.noise_scheduler, model.scheduler_config, cfg.pretrained_model.v_pred),
-        cfg.train.max_denoising_steps, model.vae_scale_factor)
-    embeds = _embeds(model, settings, cfg.pretrained_model.clip_skip)
-    if ddp is not None:  # identical start on every rank; each computes its slice of every batch
-        ddp.broadcast_(params)
-        objective.shard = ddp.shard
+        self.step = 0
+        if state is not None:
+            self.network.load_state_dict_for(0, state["membrane"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step = self.saved_step = int(state["step"])
+            self.parts = list(state["extra"].get("parts") or [])
+            self.console.print(f"resuming {self.name!r} from step {self.step}")
+        elif cfg.resume:
+            self.warn(f"--resume: no saved state of {self.name!r} in {self.folder.path}; starting from step 0")
 
-    start = 0
-    if state is not None:
-        network.load_state_dict_for(0, state["membrane"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        console.print(f"resuming {name!r} from step {start}")
-    elif cfg.resume:
-        warn(f"--resume: no saved state in {out_dir}; starting from step 0")
+        if self.main:
+            write_text_atomic(self.folder.config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            if self.step:
+                self.folder.truncate_log(self.step)  # records past the checkpoint are redone
+        self.logger = (_Logger(self.folder.log, cfg, self.warn, resume=self.step > 0) if self.main
+                       else _null_logger())
 
-    if main:
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    logger = _Logger(out_dir / "log.jsonl", cfg, warn, resume=start > 0) if main else _null_logger()
-    meta = {"rank": cfg.network.rank, "alpha": cfg.network.alpha, "concepts": concepts}
+    def _read_resume_state(self) -> dict[str, Any] | None:
+        folder = self.folder
+        if folder.state.exists() and not self.cfg.resume:
+            raise SpmctlError(f"{folder.path}: holds a run of {self.name!r} already; pass --resume to continue "
+                              "it, or choose another output_dir or save.name")
+        if not (self.cfg.resume and folder.state.exists()):
+            return None
+        folder.adopt_old_layout()
+        return load_state(folder.state)
 
-    def save_membrane_file(path: Path) -> None:
-        if not main:
-            return
-        save_membrane(path, network.state_dict_for(0), prompts=concepts, rank=cfg.network.rank,
-                      alpha=cfg.network.alpha, dtype=torch_dtype(cfg.save.precision),
-                      extra_metadata={"spmctl_base_model": model.source})
-
-    def checkpoint(step: int) -> None:
-        if not main:
-            return
-        save_state(resume_file, step=step, membrane=network.state_dict_for(0), optimizer=optimizer,
-                   lr_scheduler=lr_scheduler, generator=gen, extra=meta)
-
-    step = start
-    started = time.perf_counter()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-    with _progress(console, quiet) as progress, _deferred_interrupt() as stop:
-        task = progress.add_task("training", total=cfg.train.iterations, completed=start,
-                                 loss=0.0, la=0.0, lr=0.0)
-        while step < cfg.train.iterations:
-            setting = embeds[int(torch.randint(len(embeds), (1,), generator=gen))]
-            optimizer.zero_grad(set_to_none=True)
-            loss, terms = objective.loss(setting, gen)
-            finite = ddp.all_finite(loss) if ddp is not None else bool(torch.isfinite(loss))
-            if not finite:  # before the update, so the saved membrane is still good
-                checkpoint(step)
-                raise SpmctlError(f"loss became {float(loss)} at step {step + 1}; stopped before updating "
-                                  "(lower train.lr or prompt.la_strength); state saved, --resume continues")
-            loss.backward()
-            if ddp is not None:  # every rank steps with the whole batch's gradient
-                terms, stop_any = ddp.average(params, terms, stop.requested)
-                stop.requested = stop.requested or stop_any
-            if cfg.train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            lr = lr_scheduler.get_last_lr()[0]
-            lr_scheduler.step()
-            step += 1
-            logger.log({"step": step, **terms, "lr": lr, "target": setting.settings.target})
-            progress.update(task, advance=1, loss=terms["erase_loss"], la=terms["anchor_loss"], lr=lr)
-            if stop.requested:  # Ctrl-C: save at this step boundary, where the state is consistent
-                checkpoint(step)
-                save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
-                logger.close()
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg, ddp, step = self.cfg, self.ddp, self.step
+        self.part_start, self.part_began = step, time.perf_counter()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with _progress(self.console, self.quiet) as progress, deferred_stop() as stop:
+            task = progress.add_task("training", total=cfg.train.iterations, completed=step,
+                                     loss=0.0, la=0.0, lr=0.0)
+            try:
+                while step < cfg.train.iterations:
+                    setting = self.embeds[int(torch.randint(len(self.embeds), (1,), generator=self.gen))]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, terms = self.objective.loss(setting, self.gen)
+                    finite = ddp.all_finite(loss) if ddp is not None else bool(torch.isfinite(loss))
+                    if not finite:  # before the update, so the membrane is still the last step's
+                        self.save(step, membrane=False)
+                        raise SpmctlError(f"loss became {float(loss)} at step {step + 1}; stopped before "
+                                          "updating (lower train.lr or prompt.la_strength); state saved, "
+                                          "--resume continues")
+                    loss.backward()
+                    if ddp is not None:  # every rank steps with the whole batch's gradient
+                        terms, stop.remote = ddp.average(self.params, terms, stop.requested)
+                    if cfg.train.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
+                    self.optimizer.step()
+                    lr = self.lr_scheduler.get_last_lr()[0]
+                    self.lr_scheduler.step()
+                    step += 1
+                    self.logger.log({"step": step, **terms, "lr": lr, "target": setting.settings.target})
+                    progress.update(task, advance=1, loss=terms["erase_loss"], la=terms["anchor_loss"], lr=lr)
+                    if stop.requested:  # at this step boundary the state is consistent
+                        self.save(step)
+                        stop.saved_at = step
+                        progress.stop()
+                        print(f"{stop.what} at step {step}: saved; {self.resume_hint}", file=sys.stderr)
+                        raise SystemExit(stop.exit_code)
+                    if step % cfg.save.per_steps == 0 and step < cfg.train.iterations:
+                        self.save(step)
+            except QuitNow:
                 progress.stop()
-                print(f"interrupted at step {step}: saved; {resume_hint}", file=sys.stderr)
-                raise SystemExit(130)
-            if step % cfg.save.per_steps == 0 and step < cfg.train.iterations:
-                save_membrane_file(out_dir / f"{name}_{step}steps.safetensors")
-                checkpoint(step)
-    elapsed = time.perf_counter() - started
-    last = out_dir / f"{name}_last.safetensors"
-    save_membrane_file(last)
-    checkpoint(step)
-    logger.close()
-    if main:  # under DDP only rank 0 wrote `last`
-        summary = {"name": name, "concepts": concepts, "iterations": step, "seconds": elapsed,
-                   "seconds_per_iteration": elapsed / max(1, step - start), "device": device,
-                   "peak_memory_bytes": _peak_memory(device), "adapter_bytes": last.stat().st_size,
-                   "processes": ddp.world_size if ddp is not None else 1}
-        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
-        console.print(f"saved {last}")
+                raise SpmctlError(f"interrupted again at step {step}: quit without saving it; "
+                                  f"{self._kept()}") from None
+        return self.save(step, final=True)
+
+    # -- the one writer -----------------------------------------------------------------------
+    def save(self, step: int, *, membrane: bool = True, final: bool = False) -> Path:
+        """Write the membrane of `step` (`<name>_<step>steps`, or `<name>_last` when `final`),
+        the resume state and, when `final`, the summary. A non-finite membrane or optimizer state
+        is never written: the last good state stays the one to resume from."""
+        weights = self.network.state_dict_for(0)
+        if not all_finite(weights, self.optimizer):  # same answer on every rank: all stop together
+            raise SpmctlError(f"the membrane or optimizer state became non-finite by step {step}; not saved "
+                              f"(lower train.lr or prompt.la_strength); {self._kept()}")
+        path = self.folder.last if final else self.folder.step_file(step)
+        if not self.main:
+            return path
+        parts = self._parts(step)
+        cfg = self.cfg
+        try:  # the state first: a membrane file is never newer than the state that resumes past it
+            extra = {"rank": cfg.network.rank, "alpha": cfg.network.alpha, "concepts": self.concepts,
+                     "settings": run_settings(cfg, self.settings), "parts": parts}
+            save_state(self.folder.state, step=step, membrane=weights, optimizer=self.optimizer,
+                       lr_scheduler=self.lr_scheduler, generator=self.gen, extra=extra)
+            self.saved_step = step
+            if membrane:
+                from ..membrane import save_membrane
+                from ..models.loading import torch_dtype
+
+                save_membrane(path, weights, prompts=self.concepts, rank=cfg.network.rank,
+                              alpha=cfg.network.alpha, dtype=torch_dtype(cfg.save.precision),
+                              extra_metadata={"spmctl_base_model": self.model.source})
+            if final:
+                self._write_summary(step, parts, path)
+        except SpmctlError as exc:
+            raise SpmctlError(f"{exc}; {self._kept()}") from None
+        return path
+
+    def _parts(self, step: int) -> list[dict[str, Any]]:
+        """Every part of the run up to `step`: earlier ones from the state, and this one so far."""
+        if step == self.part_start:
+            return self.parts
+        return [*self.parts, {"from_step": self.part_start, "to_step": step,
+                              "seconds": time.perf_counter() - self.part_began,
+                              "peak_memory_bytes": _peak_memory(self.device)}]
+
+    def _write_summary(self, step: int, parts: list[dict[str, Any]], last: Path) -> None:
+        seconds = sum(float(p["seconds"]) for p in parts)
+        summary = {"name": self.name, "concepts": self.concepts, "iterations": step, "seconds": seconds,
+                   "seconds_per_iteration": seconds / max(1, step), "parts": parts, "device": self.device,
+                   "peak_memory_bytes": max((int(p["peak_memory_bytes"]) for p in parts), default=0),
+                   "adapter_bytes": last.stat().st_size,
+                   "processes": self.ddp.world_size if self.ddp is not None else 1}
+        write_text_atomic(self.folder.summary, json.dumps(summary, indent=2))
+        self.console.print(f"saved {last}")
         print(str(last))
-    return last
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "nothing was saved to resume from"
+        return f"the last good state (step {self.saved_step}) is kept in {self.folder.state}: --resume continues"
+
+    def close(self, failed: bool) -> None:
+        if hasattr(self, "logger"):
+            self.logger.close()
+        if self.main:
+            self.folder.close(failed)
 
 
 def _null_logger() -> Any:
     from ..scale.ddp import NullLogger
 
     return NullLogger()
-
-
-class _StopRequest:
-    requested = False
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """The first Ctrl-C asks the loop to stop at the next step boundary (so what is saved is
-    consistent); a second one interrupts at once."""
-    stop = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 
 
 def _peak_memory(device: str) -> int:
