@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError, SpmctlError, one_line
+from ..fileio import honour_umask
 from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
 from .manifest import Source
 from .record import check_replaceable, remember
@@ -115,6 +116,7 @@ def _staging(dest: Path) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(dest), dir=dest.parent))
+        honour_umask(stage, directory=True)  # it may become `dest` itself: not mkdtemp's 0700
         yield stage
     except BaseException:
         if stage is not None:

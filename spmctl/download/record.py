@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SpmctlError
+from ..fileio import honour_umask
 from .manifest import Source
 
 RECORD_NAME = ".spmctl-downloads.json"
@@ -69,6 +70,7 @@ def remember(root: Path, source: Source, dest: Path) -> str | None:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
+            honour_umask(Path(tmp))  # mkstemp's 0600 would hide the record from teammates
             os.replace(tmp, _path(root))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
