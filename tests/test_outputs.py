@@ -175,3 +175,27 @@ def test_every_output_honours_the_umask(tmp_path: Path, spm: Path, umask: int):
         assert mode == expected, f"{path}: {mode:o}, expected {expected:o} under umask {umask:03o}"
         seen.add(path.suffix)
     assert {".safetensors", ".pt", ".png", ".yaml", ".json", ".jsonl"} <= seen
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_downloads_honour_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int):
+    from helpers_archive import zip_bytes
+    from helpers_download import invoke_tiny, isolate, write_manifest
+    from helpers_http import serve
+
+    isolate(tmp_path, monkeypatch)
+    data = zip_bytes({"unet/weights.bin": b"w" * 100, "model_index.json": b"{}"})
+    root = tmp_path / "root"
+    with serve({"tiny.zip": data}) as server:
+        manifest = write_manifest(tmp_path / "m.yaml", f"{server.url}/tiny.zip", data)
+        previous = os.umask(umask)  # the process's own umask, as a shell's `umask` sets it
+        try:
+            result = invoke_tiny(root, server.url, manifest)
+        finally:
+            os.umask(previous)
+    assert result.exit_code == 0, result.output
+    paths = list(root.rglob("*"))
+    assert {p.name for p in paths} >= {"models", "tiny", "unet", "weights.bin", ".spmctl-downloads.json"}
+    for path in paths:
+        mode, expected = stat.S_IMODE(path.stat().st_mode), (0o777 if path.is_dir() else 0o666) & ~umask
+        assert mode == expected, f"{path}: {mode:o}, expected {expected:o} under umask {umask:03o}"

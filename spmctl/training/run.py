@@ -261,8 +261,9 @@ class TrainingRun:
                         self.save(step)
             except QuitNow:
                 progress.stop()
-                raise SpmctlError(f"interrupted again at step {step}: quit without saving it; "
-                                  f"{self._kept()}") from None
+                error = SpmctlError(f"interrupted again at step {step}: quit without saving it; {self._kept()}")
+                error.exit_code = 130  # as for any Ctrl-C
+                raise error from None
         return self.save(step, final=True)
 
     # -- the one writer -----------------------------------------------------------------------
