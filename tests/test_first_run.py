@@ -91,7 +91,7 @@ def test_tiny_model_with_bare_defaults_trains_at_its_size(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     if importlib.util.find_spec("bitsandbytes") is None:
         assert "note: train.optimizer_type: default AdamW8bit needs bitsandbytes" in result.stderr
-    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (out / "cat_log.jsonl").read_text().splitlines()]
     assert len(steps) == 3 and max(max(s["height"], s["width"]) for s in steps) <= 64
     # a resolution the user sets wins
     from spmctl.config.train import load_train_config
