@@ -175,7 +175,7 @@ def test_a_folder_of_the_earlier_layout_resumes_into_the_new_names(finished: Pat
     assert not any((out / name).exists() for name in ("config.yaml", "log.jsonl", "summary.json"))
     steps = [json.loads(line)["step"] for line in (out / "cat_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    assert load_membrane(out / "cat_last.safetensors").prompts == ["cat"]
+    assert load_membrane(out / "cat_last.safetensors").concepts == ["cat"]
 
 
 # --- class 10: impatient Ctrl-C -----------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_file_round_trip_fp32_exact(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]  # no temporary file left behind
     mf = load_membrane(path)
     assert isinstance(mf, MembraneFile)
-    assert mf.prompts == ["van gogh", "cat"] and mf.rank == 2 and mf.alpha == 1.0
+    assert mf.concepts == ["van gogh", "cat"] and mf.rank == 2 and mf.alpha == 1.0
     assert mf.metadata["rank"] == "2" and mf.metadata["alpha"] == "1.0" and mf.metadata["note"] == "x"
     sd = net.state_dict_for(0)
     assert mf.tensors.keys() == sd.keys()

@@ -151,7 +151,7 @@ def test_sweep_in_one_process(tmp_path: Path):
     assert train_scaled(cfg, SweepSpec(names="cat,a red dog"), quiet=True) == 0
     entries = json.loads((tmp_path / "out" / SWEEP).read_text())["concepts"]
     assert {n: e["status"] for n, e in entries.items()} == {"cat": "done", "a red dog": "done"}
-    assert load_membrane(tmp_path / "out" / "a_red_dog" / "a_red_dog_last.safetensors").prompts == ["a red dog"]
+    assert load_membrane(tmp_path / "out" / "a_red_dog" / "a_red_dog_last.safetensors").concepts == ["a red dog"]
     # the prompt section still says how: 64 px, as configured
     log = (tmp_path / "out" / "a_red_dog" / "a_red_dog_log.jsonl").read_text().splitlines()
     assert json.loads(log[0])["height"] == 64 and json.loads(log[0])["target"] == "a red dog"
@@ -219,7 +219,7 @@ def test_sweep_over_two_processes_survives_a_kill_and_a_failing_concept(tmp_path
     steps = [json.loads(line)["step"] for line in (picasso / "picasso_log.jsonl").read_text().splitlines()]
     assert steps[-1] == 40 and steps.count(1) == 1  # continued from its checkpoint, not from the start
     for name in ("Van_Gogh", "Monet", "Picasso"):
-        assert load_membrane(out / name.lower() / f"{name.lower()}_last.safetensors").prompts == [
+        assert load_membrane(out / name.lower() / f"{name.lower()}_last.safetensors").concepts == [
             name.replace("_", " ")]
     assert not list(out.glob("sweep.rank*.json")) and not (out / "not_a_style").exists()
 

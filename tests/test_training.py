@@ -65,7 +65,7 @@ def test_outputs_and_log(trained):
     cfg_path, last = trained["erase_with_la"]
     out = last.parent
     assert last.name == "cat_last.safetensors"
-    assert load_membrane(last).prompts == ["cat"]
+    assert load_membrane(last).concepts == ["cat"]
     assert {"cat_config.yaml", "cat_log.jsonl", "cat_summary.json", "cat_state.pt"} <= {p.name for p in out.iterdir()}
     records = [json.loads(line) for line in (out / "cat_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 41))
@@ -84,7 +84,7 @@ def test_seed_config_with_a_style_template_trains_on_that_style(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     files = list((tmp_path / "out").glob("*_last.safetensors"))
-    assert len(files) == 1 and load_membrane(files[0]).prompts == ["Van Gogh"]
+    assert len(files) == 1 and load_membrane(files[0]).concepts == ["Van Gogh"]
     log = tmp_path / "out" / "van_gogh_log.jsonl"
     targets = {json.loads(line)["target"] for line in log.read_text().splitlines()}
     assert targets == {"Van Gogh"}
@@ -213,7 +213,7 @@ def test_prompt_section_alone_is_what_trains(tmp_path: Path):
                             prompt={"target": "dog", "action": "erase", "resolution": 64})
     cfg, _ = load_train_config(cfg_path)
     last = run_training(cfg, quiet=True)
-    assert last.name == "dog_last.safetensors" and load_membrane(last).prompts == ["dog"]
+    assert last.name == "dog_last.safetensors" and load_membrane(last).concepts == ["dog"]
     targets = {json.loads(line)["target"] for line in (tmp_path / "o" / "dog_log.jsonl").read_text().splitlines()}
     assert targets == {"dog"}
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from ..membrane.io import MembraneFile
 from ..sampling.ft import concept_bank, concept_scores, membrane_gates
 from ..sampling.run import compute_gates, ft_scaling
-from ..sampling.stack import SPM
 
 
 class StepGates:
-    def __init__(self, cfg: Any, model: Any, spms: list[SPM]) -> None:
+    def __init__(self, cfg: Any, model: Any, spms: list[MembraneFile]) -> None:
         self.cfg = cfg
         self.model = model
         self.spms = spms

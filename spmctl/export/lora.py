@@ -137,7 +137,7 @@ def export_lora(spm: Path, out: Path, dtype: torch.dtype = torch.float32, unet: 
     if unet is not None:
         check_against_unet(mf.tensors, unet, str(spm))
     extra = {"spmctl_source": spm.name}
-    return _write(out, mf.tensors, mf.prompts, mf.rank, mf.alpha, dtype, extra)
+    return _write(out, mf.tensors, mf.concepts, mf.rank, mf.alpha, dtype, extra)
 
 
 def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], list[str], int]:
@@ -149,7 +149,7 @@ def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], lis
     for item in items:
         mf = load_membrane(item.path)
         parts.append((item, modules_of(mf.tensors, str(item.path))))
-        prompts += [p for p in mf.prompts if p not in prompts]
+        prompts += [p for p in mf.concepts if p not in prompts]
     names = set(parts[0][1])
     for item, mods in parts[1:]:
         if set(mods) != names:

@@ -24,11 +24,26 @@ SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @dataclass
 class MembraneFile:
+    """One membrane (SPM) file as read: its weights, the concepts it erases (metadata `prompts`), its
+    rank and alpha; `path`, `name` and `digest` are set where a run needs to tell files apart."""
+
     tensors: dict[str, torch.Tensor]
-    prompts: list[str]
+    concepts: list[str]
     rank: int
     alpha: float
     metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+    name: str = ""
+    digest: str = ""  # sha256 prefix of the file: a retrained membrane at the same path is another SPM
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha or self.rank) / self.rank
+
+    @property
+    def base_model(self) -> str | None:
+        """The model it was trained on, as `spmctl train` records it."""
+        return self.metadata.get("spmctl_base_model") or None
 
 
 def resolve_spm_path(path: str | Path) -> Path:
@@ -103,7 +118,7 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
     if not any(k.endswith(DOWN) for k in tensors):
         raise SpmctlError(f"{path} holds no membrane weights (no '*{DOWN}' keys)")
     _check_values(path, tensors)
-    prompts = [p.strip() for p in metadata.get("prompts", "").split(",") if p.strip()]
+    concepts = [p.strip() for p in metadata.get("prompts", "").split(",") if p.strip()]
     try:
         rank = int(metadata["rank"]) if "rank" in metadata else _first_rank(tensors)
         alpha = float(metadata["alpha"]) if "alpha" in metadata else _first_alpha(tensors, rank)
@@ -111,7 +126,7 @@ def load_membrane(path: str | os.PathLike) -> MembraneFile:
         raise SpmctlError(
             f"{path}: bad rank/alpha metadata {metadata.get('rank')!r}/{metadata.get('alpha')!r}"
         ) from None
-    return MembraneFile(tensors=tensors, prompts=prompts, rank=rank, alpha=alpha, metadata=metadata)
+    return MembraneFile(tensors=tensors, concepts=concepts, rank=rank, alpha=alpha, metadata=metadata, path=path)
 
 
 def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -288,4 +288,4 @@ class MembraneNetwork:
             self.load_state_dict_for(k, mf.tensors)
         except SpmctlError as exc:
             raise SpmctlError(f"{path}: {exc}") from None
-        return mf.prompts
+        return mf.concepts

@@ -14,11 +14,12 @@ from rich.console import Console
 from ..config.sample import SampleConfig
 from ..config.train import MAX_SEED
 from ..errors import SpmctlError
+from ..membrane.io import MembraneFile
 from ..providers import PromptRow
 from ..scale.shard import SampleShard, for_this_rank
 from .generate import Generator, Job, build_pipeline
 from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
-from .stack import SPM, MembraneStack, base_model_of, ft_scaling_for, load_spms, spm_gates
+from .stack import MembraneStack, base_model_of, ft_scaling_for, load_spms, spm_gates
 
 
 def load_rows(cfg: SampleConfig) -> list[PromptRow]:
@@ -99,7 +100,7 @@ def ft_scaling(cfg: SampleConfig) -> tuple[float, bool]:
 
 
 def compute_gates(
-    cfg: SampleConfig, model: Any, spms: list[SPM], prompts: list[str]
+    cfg: SampleConfig, model: Any, spms: list[MembraneFile], prompts: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport; and the
     prompts' embeddings when FT computed them in the form generation uses (clip_skip 1), else None."""
@@ -116,7 +117,7 @@ def compute_gates(
     return gates, embeds
 
 
-def print_gates(prompts: list[str], spms: list[SPM], gates: torch.Tensor) -> None:
+def print_gates(prompts: list[str], spms: list[MembraneFile], gates: torch.Tensor) -> None:
     from rich.table import Table
 
     table = Table("prompt", *(f"{s.name} ({', '.join(s.concepts) or '-'})" for s in spms), box=None)
@@ -126,7 +127,7 @@ def print_gates(prompts: list[str], spms: list[SPM], gates: torch.Tensor) -> Non
 
 
 def _record(
-    cfg: SampleConfig, model: Any, spms: list[SPM], job: Job, name: str, gates: list[float]
+    cfg: SampleConfig, model: Any, spms: list[MembraneFile], job: Job, name: str, gates: list[float]
 ) -> dict[str, Any]:
     return {
         "file": name,
@@ -190,7 +191,7 @@ def _sample(
     cfg: SampleConfig,
     model: Any,
     rows: list[PromptRow],
-    spms: list[SPM],
+    spms: list[MembraneFile],
     stack: MembraneStack | None,
     console: Console,
     quiet: bool,

@@ -18,33 +18,16 @@ fixed multipliers (it sums `value * multiplier` for every key), so they are squa
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ..errors import SpmctlError
-from ..membrane.io import ALPHA, DOWN, UP, resolve_spm_path
+from ..membrane.io import ALPHA, DOWN, UP, MembraneFile, resolve_spm_path
 
 
-@dataclass
-class SPM:
-    path: Path
-    name: str
-    tensors: dict[str, torch.Tensor]
-    concepts: list[str]
-    rank: int
-    alpha: float
-    digest: str = ""  # sha256 prefix of the file: a retrained membrane at the same path is another SPM
-    base_model: str | None = None  # the model it was trained on, as `spmctl train` records it
-
-    @property
-    def scale(self) -> float:
-        return (self.alpha or self.rank) / self.rank
-
-
-def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
+def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[MembraneFile]:
     """Read every SPM file; `concepts[i]` (comma-joined) overrides file i's `prompts` metadata."""
     from ..membrane import load_membrane
 
@@ -52,20 +35,19 @@ def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[SPM]:
     for i, raw in enumerate(paths):
         path = resolve_spm_path(raw)
         mf = load_membrane(path)
-        names = mf.prompts
+        names = mf.concepts
         if concepts is not None:
             names = [c.strip() for c in concepts[i].split(",") if c.strip()]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         stem = path.stem.removesuffix("_last")
-        out.append(SPM(path, stem, mf.tensors, names, int(mf.rank), float(mf.alpha), digest,
-                       mf.metadata.get("spmctl_base_model") or None))
+        out.append(replace(mf, concepts=names, path=path, name=stem, digest=digest))
     return out
 
 
 DEFAULT_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
 
 
-def base_model_of(spms: list[SPM]) -> tuple[str, str]:
+def base_model_of(spms: list[MembraneFile]) -> tuple[str, str]:
     """The model to sample with when none is given, and why: the one the membranes were trained
     on (they must agree), else SD 1.4 (what the original code assumes)."""
     recorded = {s.base_model for s in spms if s.base_model}
@@ -87,7 +69,7 @@ def spm_gates(
     tokenizer: Any,
     text_encoder: Any,
     prompts: list[str],
-    spms: list[SPM],
+    spms: list[MembraneFile],
     *,
     multiplier: list[float] | None = None,
     metric: str = "clipcos_tokenuni",
@@ -134,7 +116,7 @@ class MembraneStack:
     original code does: its membrane is on for the whole pipeline call).
     """
 
-    def __init__(self, unet: Any, spms: list[SPM], compat: str = "default") -> None:
+    def __init__(self, unet: Any, spms: list[MembraneFile], compat: str = "default") -> None:
         from ..membrane import MembraneNetwork
 
         if not spms:
