@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
+from ..names import DTYPES, either
 from .common import Quiet, stderr_console
 
 app = typer.Typer(no_args_is_help=True, help="Export membranes as LoRA files or merge them into a model.")
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+Dtype = Annotated[str, typer.Option("--dtype", help=f"{either(DTYPES)}.")]
 Model = Annotated[
     str | None,
     typer.Option(
@@ -30,7 +31,7 @@ Weighted = Annotated[
 def _dtype(name: str):
     from ..errors import SpmctlError
     from ..models.loading import torch_dtype
-    from ..names import DTYPES, dtype_name, either
+    from ..names import dtype_name
 
     name = dtype_name(name)
     if name not in DTYPES:
