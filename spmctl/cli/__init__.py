@@ -16,6 +16,7 @@ import typer
 from .. import __version__
 from ..errors import SpmctlError, error_line
 from . import attack, doctor, download, eval_cmd, export, names, plugins_cmd, sample, train
+from .helpfmt import grouped_help
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
     help="Erase concepts from Stable Diffusion with Semi-Permeable Membranes (SPM).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: it wraps at the terminal width without cutting names
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -42,8 +44,10 @@ def main_callback(
     """Erase concepts from Stable Diffusion with Semi-Permeable Membranes (SPM)."""
 
 
-app.command("train", help=train.train.__doc__)(train.train)
-app.command("sample", help=sample.sample.__doc__)(sample.sample)
+app.command("train", help=train.train.__doc__,
+            cls=grouped_help(train.HELP_PANELS, train.help_defaults))(train.train)
+app.command("sample", help=sample.sample.__doc__,
+            cls=grouped_help(sample.HELP_PANELS, sample.help_defaults))(sample.sample)
 app.command("attack", help=attack.attack.__doc__)(attack.attack)
 app.command("names", help=names.names.__doc__)(names.names)
 app.add_typer(export.app, name="export", help="Export membranes: LoRA files, merged membranes or models.")

@@ -16,7 +16,7 @@ from .common import Quiet, stderr_console
 if TYPE_CHECKING:
     from ..download import Source
 
-app = typer.Typer(no_args_is_help=True, help="Download models and datasets (seed layout).")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Download models and datasets (seed layout).")
 
 Dest = Annotated[Path, typer.Option("--dest", help="Root of the layout: models/… and data/… go under it.")]
 Endpoint = Annotated[str | None, typer.Option(

@@ -13,18 +13,29 @@ import typer
 
 Opt = typer.Option
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 Runs = Annotated[list[Path], typer.Argument(help="Sample folders (PNGs + manifest.jsonl), compared side by side.",
                                             show_default=False)]
 Labels = Annotated[str | None, Opt("--labels", "-l", help="Comma-separated run labels, e.g. base,spm "
                                    "(default: folder names).")]
-OutputDir = Annotated[Path, Opt("--output-dir", "-o", help="Where results.json, report.md and charts/ go.")]
+OutputDir = Annotated[Path | None, Opt("--output-dir", "-o", help="Where results.json, report.md and charts/ go "
+                                        "(default: outputs/eval, or outputs/eval-2, -3, ... when it holds an "
+                                        "earlier report).", show_default=False)]
 DEFAULT_OUT = Path("outputs/eval")
 
 
+def fresh_report_dir(base: Path = DEFAULT_OUT) -> Path:
+    """`base`, or the first `base-N` holding no report: without -o an earlier report is kept."""
+    candidate, n = base, 1
+    while (candidate / "results.json").exists() or (candidate / "report.md").exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def _evaluate(runs_dirs: list[Path], labels: str | None, metrics: list[str], options: dict[str, dict[str, Any]],
-              output_dir: Path) -> None:
+              output_dir: Path | None) -> None:
     """Shared by every command: run the metrics, print the tables, write the report.
 
     Exit status 1 when any metric could not run (its line is on stderr; the others' results are
@@ -39,8 +50,13 @@ def _evaluate(runs_dirs: list[Path], labels: str | None, metrics: list[str], opt
     if all(r.error is not None for r in results):
         raise typer.Exit(1)  # each error has been said on its own line already
     print_tables(results)
-    written = write_report(output_dir, runs, results)
     console = stderr_console()
+    if output_dir is None:
+        output_dir = fresh_report_dir()
+        if output_dir != DEFAULT_OUT:
+            console.print(f"{DEFAULT_OUT} holds an earlier report: writing to {output_dir} (-o chooses)",
+                          highlight=False)
+    written = write_report(output_dir, runs, results)
     console.print(f"report: {written['markdown']}  json: {written['json']}  charts: {len(written['charts'])}",
                   highlight=False)
     if any(r.error is not None for r in results):
@@ -54,7 +70,7 @@ def nudity(
     classes: Annotated[str | None, Opt("--classes", help="Comma-separated NudeNet classes to count "
                                        "(default: the nine *_EXPOSED classes).")] = None,
     threshold: Annotated[float, Opt("--threshold", "-t", help="Minimum detection score.")] = 0.6,
-    output_dir: OutputDir = DEFAULT_OUT,
+    output_dir: OutputDir = None,
 ) -> None:
     """I2P nudity: NudeNet exposed-body-part detections per class, per image and per I2P category."""
     _evaluate(runs, labels, ["nudity"], {"nudity": {"classes": classes, "threshold": threshold}}, output_dir)
@@ -73,7 +89,7 @@ def unlearncanvas(
                                      "(the benchmark's: 188,288,588,688,888).")] = None,
     batch_size: Annotated[int, Opt("--batch-size", help="Images per classifier call.")] = 16,
     device: Annotated[str, Opt("--device", help="Device for checkpoint classifiers.")] = "cpu",
-    output_dir: OutputDir = DEFAULT_OUT,
+    output_dir: OutputDir = None,
 ) -> None:
     """UnlearnCanvas: UA, IRA and CRA per erased concept and averaged."""
     options = {"style_classifier": style_classifier, "object_classifier": object_classifier, "erased": erased,
@@ -87,7 +103,7 @@ def clip_score(
     labels: Labels = None,
     clip_model: Annotated[str, Opt("--clip-model", help="CLIP hub id or local folder.")] =
     "openai/clip-vit-large-patch14",
-    output_dir: OutputDir = DEFAULT_OUT,
+    output_dir: OutputDir = None,
 ) -> None:
     """CLIP score of each image against its prompt (torchmetrics; downloads CLIP once)."""
     _evaluate(runs, labels, ["clip_score"], {"clip_score": {"clip_model": clip_model}}, output_dir)
@@ -99,14 +115,14 @@ def fid(
     labels: Labels = None,
     reference: Annotated[Path | None, Opt("--reference", "-r", help="Folder of reference images "
                                           "(default: the first run, e.g. the base model).")] = None,
-    output_dir: OutputDir = DEFAULT_OUT,
+    output_dir: OutputDir = None,
 ) -> None:
     """FID of each run against a reference (torchmetrics + torch-fidelity; downloads Inception once)."""
     _evaluate(runs, labels, ["fid"], {"fid": {"reference": reference}}, output_dir)
 
 
 @app.command("cost")
-def cost(runs: Runs, labels: Labels = None, output_dir: OutputDir = DEFAULT_OUT) -> None:
+def cost(runs: Runs, labels: Labels = None, output_dir: OutputDir = None) -> None:
     """Training cost: time per concept, peak memory, adapter size (train's summary.json).
 
     Each folder is a training output folder, or a sample folder whose SPMs' summaries are read.
@@ -123,7 +139,7 @@ def run(
     assignments: Annotated[list[str] | None, Opt("--set", "-s", metavar="METRIC.KEY=VALUE",
                                                  help="A metric option, e.g. nudity.threshold=0.5 (repeatable).")
                            ] = None,
-    output_dir: OutputDir = DEFAULT_OUT,
+    output_dir: OutputDir = None,
 ) -> None:
     """Several metrics (built-in or from plugins) in one report; one failing doesn't stop the others."""
     from ..config.loader import parse_assignment

@@ -10,7 +10,8 @@ import typer
 from ..names import DTYPES, either
 from .common import Quiet, stderr_console
 
-app = typer.Typer(no_args_is_help=True, help="Export membranes as LoRA files or merge them into a model.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="Export membranes as LoRA files or merge them into a model.")
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write.")]
 Dtype = Annotated[str, typer.Option("--dtype", help=f"{either(DTYPES)}.")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=False)
+app = typer.Typer(no_args_is_help=False, rich_markup_mode=None)
 
 
 @app.callback(invoke_without_command=True)
@@ -17,16 +17,18 @@ def plugins_default(ctx: typer.Context) -> None:
 @app.command("list")
 def list_plugins() -> None:
     """Show each plugin and provider with its source package and version."""
-    from rich.console import Console
     from rich.table import Table
 
     from .. import plugins
+    from .common import table_console
 
     infos = plugins.plugin_infos()
     by_name = {info.name: info for info in infos}
-    table = Table(title="spmctl plugins")
-    for column in ("kind", "name", "plugin", "package", "version", "description"):
-        table.add_column(column)
+    # fits the terminal: names stay whole, descriptions wrap
+    table = Table(title="spmctl plugins", title_justify="left", box=None, padding=(0, 1))
+    for column in ("kind", "name", "plugin", "package", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", ratio=1, overflow="fold")
     for hook, kind in (("register_datasets", "dataset"), ("register_templates", "template"),
                        ("register_metrics", "metric"), ("register_classifiers", "classifier")):
         for name, provider in sorted(plugins.collect(hook).items()):
@@ -43,9 +45,10 @@ def list_plugins() -> None:
     for info in infos:
         if info.error:
             table.add_row("[red]failed[/red]", info.name, info.name, info.package, info.version, info.error)
-    Console(width=200).print(table)
+    console = table_console()
+    console.print(table)
     hooks = ", ".join(sorted(h for h in dir(plugins.pm.hook) if h.startswith("register_")))
-    typer.echo(f"hooks: {hooks}")
+    console.print(f"hooks: {hooks}", highlight=False, markup=False)
 
 
 def _root_app() -> typer.Typer:

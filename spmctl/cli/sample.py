@@ -13,6 +13,32 @@ from .common import Quiet, SetOption, collect_overrides, stderr_console
 Opt = typer.Option
 
 
+HELP_PANELS = {
+    "Configuration": ["config", "set_", "print_config"],
+    "Model and membranes": ["model", "spm", "concepts", "multiplier", "ft_metric", "facilitate_factor",
+                            "ft_compat", "show_gates"],
+    "Prompts": ["prompt", "prompts_file", "dataset", "data_root", "use_sample", "category", "styles",
+                "objects", "limit", "row_settings", "negative_prompt"],
+    "Generation": ["steps", "guidance", "width", "height", "seed", "images_per_prompt", "batch_size",
+                   "noise_scheduler", "precision", "device"],
+    "Output": ["output_dir", "grid", "overwrite", "quiet", "verbose"],
+}
+# option -> its config key, for the defaults --help shows
+_CONFIG_KEYS = {"use_sample": "use_sample", "row_settings": "row_settings", "steps": "steps",
+                "guidance": "guidance", "width": "width", "height": "height", "seed": "seeds",
+                "images_per_prompt": "images_per_prompt", "batch_size": "batch_size",
+                "noise_scheduler": "noise_scheduler", "precision": "precision", "device": "device",
+                "output_dir": "output_dir", "ft_metric": "ft_metric", "facilitate_factor": "facilitate_factor",
+                "ft_compat": "ft_compat", "grid": "grid", "overwrite": "overwrite"}
+
+
+def help_defaults() -> dict[str, str]:
+    from ..config.sample import SampleConfig
+    from .helpfmt import config_defaults
+
+    return config_defaults(SampleConfig, _CONFIG_KEYS)
+
+
 def sample(
     config: Annotated[
         Path | None,
@@ -25,7 +51,8 @@ def sample(
         ),
     ] = None,
     model: Annotated[
-        str | None, Opt("--model", "-m", help="Base model: hub id, folder, file or 'tiny'.")
+        str | None, Opt("--model", "-m", help="Base model: hub id, folder, file or 'tiny' (default: the "
+                        "membranes' recorded base model, else CompVis/stable-diffusion-v1-4).")
     ] = None,
     spm: Annotated[
         list[str] | None,

@@ -16,6 +16,26 @@ ConfigPath = Annotated[
 ]
 
 
+HELP_PANELS = {
+    "Configuration": ["config", "set_", "print_config"],
+    "What to erase": ["template", "template_name", "dataset_type", "use_sample"],
+    "Model and run": ["model", "iterations", "seed", "devices", "output_dir", "resume"],
+    "Many concepts, many devices": ["sweep", "sweep_template", "sweep_names", "ddp"],
+    "Output": ["quiet", "verbose"],
+}
+# option -> its config key, for the defaults --help shows
+_CONFIG_KEYS = {"dataset_type": "dataset_type", "devices": "devices", "output_dir": "output_dir",
+                "use_sample": "use_sample", "model": "pretrained_model.ckpt_path",
+                "iterations": "train.iterations", "seed": "seed", "verbose": "verbose"}
+
+
+def help_defaults() -> dict[str, str]:
+    from ..config.train import TrainConfig
+    from .helpfmt import config_defaults
+
+    return config_defaults(TrainConfig, _CONFIG_KEYS)
+
+
 def train(
     config: ConfigPath = None,
     dataset_type: Annotated[str | None, typer.Option("--dataset_type", "--dataset-type",
@@ -86,4 +106,17 @@ def train(
         return
     from ..training.run import run_training
 
-    run_training(cfg, console=stderr_console(quiet), quiet=quiet)
+    console = stderr_console(quiet)
+    if cfg.verbose:
+        show_prompts(cfg, console)
+    run_training(cfg, console=console, quiet=quiet)
+
+
+def show_prompts(cfg: Any, console: Any) -> None:
+    """--verbose: the prompts each setting resolved to (what a template made of template_name)."""
+    from ..training.prompts import resolve_prompt_settings
+
+    for i, s in enumerate(resolve_prompt_settings(cfg, warn=lambda _msg: None), 1):
+        console.print(f"prompt setting {i}: target {s.target!r}, positive {s.positive!r}, neutral {s.neutral!r}, "
+                      f"unconditional {s.unconditional!r} ({s.action}, guidance {s.guidance_scale}, "
+                      f"{s.resolution} px)", highlight=False, markup=False)

@@ -36,14 +36,15 @@ def columns(result: MetricResult) -> list[str]:
 
 def print_tables(results: Sequence[MetricResult]) -> None:
     """The results on stdout (what a user pipes or reads); errors were already said on stderr."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     def cell(value: Scalar) -> str:  # labels and columns are data, not rich markup ("[x]" must show)
         return escape(fmt(value))
 
-    console = Console(width=max(120, Console().width))
+    from ..cli.common import table_console
+
+    console = table_console()  # fits the terminal (COLUMNS); unbounded when piped
     for result in results:
         if result.error is not None:
             console.print(f"not computed: {result.error}", highlight=False, markup=False, soft_wrap=True)
@@ -80,8 +81,10 @@ def bar_chart(path: Path, title: str, data: dict[str, dict[str, float]]) -> Path
     values = [v for row in data.values() for v in row.values()]
     if values and min(values) >= 0:  # counts, shares, seconds: start at 0 (and show an all-zero chart as such)
         ax.set_ylim(0, max(values) * 1.1 or 1.0)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: each run's values")
+    ax.set_xlabel(f"{title} table column")
+    ax.set_ylabel("value (as in report.md)")
+    ax.legend(title="run", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

@@ -159,21 +159,52 @@ def save_png(path: Path, image: np.ndarray, record: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))
 
 
-def write_grid(folder: Path, files: list[str], limit: int = 256, cell: int = 128) -> Path | None:
-    """A contact sheet of (up to `limit` of) the run's images, each scaled to fit `cell` px."""
-    from PIL import Image
+def write_grid(folder: Path, files: list[str], limit: int = 256, cell: int = 256) -> Path | None:
+    """A contact sheet of (up to `limit` of) the run's images, each scaled to `cell` px (small ones
+    enlarged, pixel-sharp) and labelled with its prompt and gates from the run's manifest."""
+    from PIL import Image, ImageDraw, ImageFont
 
     paths = [folder / f for f in files[:limit] if (folder / f).is_file()]
     if not paths:
         return None
+    labels = _grid_labels(folder)
+    font = ImageFont.load_default()
+    line = 12
     cols = math.ceil(math.sqrt(len(paths)))
     rows = math.ceil(len(paths) / cols)
-    sheet = Image.new("RGB", (cols * cell, rows * cell), "white")
+    height = cell + 2 * line + 4
+    sheet = Image.new("RGB", (cols * cell, rows * height), "white")
+    draw = ImageDraw.Draw(sheet)
+    chars = max(8, cell // 6)  # the default bitmap font is ~6 px wide
     for i, path in enumerate(paths):
+        x, y = (i % cols) * cell, (i // cols) * height
         with Image.open(path) as img:
-            thumb = img.convert("RGB")
-            thumb.thumbnail((cell, cell))
-            sheet.paste(thumb, ((i % cols) * cell, (i // cols) * cell))
+            image = img.convert("RGB")
+        scale = cell / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS)
+        sheet.paste(image, (x + (cell - size[0]) // 2, y))
+        prompt, gates = labels.get(path.name, (path.stem, ""))
+        prompt = prompt if len(prompt) <= chars else prompt[: chars - 1] + "~"
+        draw.text((x + 2, y + cell + 1), prompt, fill="black", font=font)
+        draw.text((x + 2, y + cell + 1 + line), gates[:chars], fill="dimgray", font=font)
     target = folder / GRID
     atomic_write(target, lambda tmp: sheet.save(tmp, format="PNG"))
     return target
+
+
+def _grid_labels(folder: Path) -> dict[str, tuple[str, str]]:
+    """file -> (prompt, "gates 0.93, 0.05") from the run's manifest.jsonl (what is there of it)."""
+    out: dict[str, tuple[str, str]] = {}
+    manifest = folder / "manifest.jsonl"
+    if not manifest.is_file():
+        return out
+    for text in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(text)
+            gates = record.get("gates") or []
+            shown = "gates " + ", ".join(f"{float(g):.2f}" for g in gates) if gates else "base model"
+            out[str(record["file"])] = (str(record.get("prompt", "")), shown)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line: that image keeps its file name as label
+    return out

@@ -237,7 +237,12 @@ def _sample(
         grid = write_grid(out_dir, all_names)
         if grid is not None:
             console.print(f"grid: {grid}")
-    console.print(f"{len(todo)} images written to {out_dir}")
+    if not share.env.distributed:
+        console.print(f"{len(todo)} images written to {out_dir}")
+    elif share.is_main:  # after every process is done: count all of them, not rank 0's share
+        present = sum((out_dir / name).is_file() for name in all_names)
+        console.print(f"{present} of {len(all_names)} images of this run in {out_dir} "
+                      f"(all {share.env.world_size} processes)")
     return out_dir
 
 

@@ -35,9 +35,13 @@ def slug(text: str) -> str:
 def pick_device(devices: str, warn: Any) -> str:
     """The run's device. Several listed devices are not silently truncated: the user is told."""
     listed = [d for d in devices.split(",") if d]
-    if listed == ["cpu"] or not torch.cuda.is_available():
-        if listed != ["cpu"]:
+    if all(d == "cpu" for d in listed) or not torch.cuda.is_available():
+        if any(d != "cpu" for d in listed):
             warn(f"devices {devices!r}: CUDA is not available here; training on the CPU")
+        elif len(listed) > 1:
+            warn(f"devices {devices!r}: one membrane trains on one device; using the first (cpu). "
+                 "To use every device, pass --ddp (this membrane data-parallel over all of them) or "
+                 "--sweep (one concept per device).")
         return "cpu"
     if len(listed) > 1:
         warn(f"devices {devices!r}: one membrane trains on one device; using cuda:{listed[0]}. "
