@@ -68,6 +68,8 @@ def _template_settings(provider: Any, template: str, name: str) -> list[dict[str
     except ConfigError:
         raise
     except SpmctlError as exc:
+        if not str(exc).startswith("unknown "):
+            raise  # the template itself failed (a plugin's bug): a runtime error, not the user's name
         others = [t for t in templates_having(name) if t != template]
         hint = f"; {name!r} is a name of --template {' / '.join(others)}" if others else ""
         raise config_error(f"template_name: {exc}{hint} "
