@@ -37,11 +37,11 @@ class Membranes:
         facilitate_factor: float = 1.0,
         compat: str = "default",
     ) -> None:
-        from .sampling.ft import METRICS
+        from .names import FT_METRICS
         from .sampling.stack import MembraneStack, load_spms
 
-        if ft_metric not in METRICS:
-            raise SpmctlError(f"ft_metric {ft_metric!r}: expected one of {', '.join(METRICS)}")
+        if ft_metric not in FT_METRICS:
+            raise SpmctlError(f"ft_metric {ft_metric!r}: expected one of {', '.join(FT_METRICS)}")
         if compat not in ("default", "original"):
             raise SpmctlError(f"compat {compat!r}: expected 'default' or 'original'")
         for part in ("unet", "tokenizer", "text_encoder", "encode_prompt"):
