@@ -6,7 +6,13 @@ It keeps the original's cost structure on purpose (this is the baseline, not cod
 - separate UNet calls for the positive, neutral and target predictions and for the anchors
   with and without the membrane, each at guidance 1 with an unconditional half that is computed
   and thrown away;
-- anchors paired with the unconditional embedding, so half the batch rows are not anchors.
+- the original's anchor slip: the anchor batch is built as [uncond, s1, uncond, s2, ...] (2N rows for
+  N anchors) and predicted like a CFG pair at guidance 1, which keeps the second half of the rows. The
+  anchoring term is therefore the MSE over [eps(uncond), eps(s3), eps(uncond), eps(s4)] for 4 anchors:
+  s1 and s2 are dropped and the unconditional prediction is anchored with half the weight.
+
+As written, the original also flushes (`gc.collect()`, CUDA cache) and updates a tqdm bar every
+iteration; `train(..., as_written=True)` does that too.
 """
 
 from __future__ import annotations

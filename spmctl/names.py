@@ -17,12 +17,15 @@ NOISE_SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler",
 }
+# sampling also takes "model": the model's own scheduler class, from its config (PNDM for SD 1.4)
+MODEL_SCHEDULER = "model"
 # facilitated-transport scores (sampling/ft.py computes them)
 FT_METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
 
 # the same lists as config value types (Literal of a tuple is the Literal of its items)
 Precision = Literal[DTYPES]  # type: ignore[valid-type]
 NoiseScheduler = Literal[tuple(NOISE_SCHEDULERS)]  # type: ignore[valid-type]
+SampleNoiseScheduler = Literal[(*NOISE_SCHEDULERS, MODEL_SCHEDULER)]  # type: ignore[valid-type]
 FTMetric = Literal[FT_METRICS]  # type: ignore[valid-type]
 
 

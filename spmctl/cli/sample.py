@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..names import DTYPES, FT_METRICS, NOISE_SCHEDULERS, either
+from ..names import DTYPES, FT_METRICS, MODEL_SCHEDULER, NOISE_SCHEDULERS, either
 from .common import Quiet, SetOption, collect_overrides, stderr_console
 
 Opt = typer.Option
@@ -96,7 +96,8 @@ def sample(
         int | None, Opt("--batch-size", "--batch_size", help="Images per UNet pass.")
     ] = None,
     noise_scheduler: Annotated[
-        str | None, Opt("--noise-scheduler", help=f"{either(NOISE_SCHEDULERS)}.")
+        str | None,
+        Opt("--noise-scheduler", help=f"{either([*NOISE_SCHEDULERS, MODEL_SCHEDULER])} (the model's own scheduler)."),
     ] = None,
     precision: Annotated[str | None, Opt("--precision", help=f"auto, {either(DTYPES)}.")] = None,
     device: Annotated[str | None, Opt("--device", help="auto, cpu, cuda, cuda:N.")] = None,
@@ -123,13 +124,15 @@ def sample(
     facilitate_factor: Annotated[
         float | None, Opt("--facilitate-factor", help="FT gate = clip(score x factor, 0, 1).")
     ] = None,
-    ft_compat: Annotated[
+    compat: Annotated[
         str | None,
         Opt(
-            "--ft-compat",
-            help="default, or 'original': the original code's composition (squared gates, cross terms).",
+            "--compat",
+            help="default, or 'original': the original code's inference (the model's own scheduler, "
+            "gates x factor unclipped, squared gates and cross terms).",
         ),
     ] = None,
+    ft_compat: Annotated[str | None, Opt("--ft-compat", help="Alias of --compat.")] = None,
     show_gates: Annotated[bool, Opt("--show-gates", help="Print each prompt's gates and exit.")] = False,
     set_: SetOption = None,
     print_config: Annotated[
@@ -168,6 +171,7 @@ def sample(
         "concepts": concepts,
         "ft_metric": ft_metric,
         "facilitate_factor": facilitate_factor,
+        "compat": compat,
         "ft_compat": ft_compat,
         **{f"dataset_options.{k}": v for k, v in options.items()},
     }

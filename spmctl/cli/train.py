@@ -67,6 +67,9 @@ def train(
     ] = None,
     ddp: Annotated[bool, typer.Option(
         "--ddp", help="Train each membrane data-parallel over all --devices (distributed: ddp).")] = False,
+    compat: Annotated[str | None, typer.Option(
+        "--compat", help="default, or 'original': the original SPM code's training iteration, defects "
+        "included (README: Differences from the original SPM).")] = None,
     verbose: Annotated[bool | None, typer.Option("--verbose", help="Verbose logging.",
                                                  show_default=False)] = None,
     set_: SetOption = None,
@@ -81,7 +84,7 @@ def train(
         "dataset_type": dataset_type, "template": template, "template_name": template_name,
         "devices": devices, "output_dir": output_dir, "use_sample": use_sample, "seed": seed,
         "verbose": verbose, "pretrained_model.ckpt_path": model, "train.iterations": iterations,
-        "resume": resume or None, "distributed": "ddp" if ddp else None,
+        "resume": resume or None, "distributed": "ddp" if ddp else None, "compat": compat,
     }
     overrides = collect_overrides(flags, set_)
     cfg, origin = load_train_config(config, overrides)

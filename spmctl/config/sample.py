@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import config_error
-from ..names import DTYPES, FT_METRICS, FTMetric, NoiseScheduler
+from ..names import DTYPES, FT_METRICS, FTMetric, SampleNoiseScheduler
 from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml
 from .train import MAX_SEED, Seed, _precision, multiple_of_8
 
@@ -56,11 +56,12 @@ class SampleConfig(CommandSettings):
         "clipcos_tokenuni", description="FT score: max of the named metrics"
     )
     facilitate_factor: float = Field(1.0, ge=0, description="FT gate = clip(max score x factor, 0, 1)")
-    ft_compat: Literal["default", "original"] = Field(
+    compat: Literal["default", "original"] = Field(
         "default",
-        description="'original': the original code's composition (gate-scaled weights "
-        "summed into one adapter, so gates are squared and cross terms appear)",
+        description="'original': the original code's inference: the model's own scheduler, gates x "
+        "factor unclipped, gate-scaled weights summed into one adapter (squared gates, cross terms)",
     )
+    ft_compat: Literal["default", "original"] = Field("default", description="alias of compat")
     # prompts
     prompts: list[str] = Field(default_factory=list, description="prompts to generate")
     prompts_file: str | None = Field(None, description=".txt (one per line) or .csv with a 'prompt' column")
@@ -87,7 +88,8 @@ class SampleConfig(CommandSettings):
     )
     images_per_prompt: int = Field(1, gt=0)
     batch_size: int = Field(4, gt=0, description="images per UNet pass (CFG doubles the UNet batch)")
-    noise_scheduler: NoiseScheduler = "ddim"
+    noise_scheduler: SampleNoiseScheduler = Field(
+        "ddim", description="model: the model's own scheduler (PNDM for SD 1.4); the default under compat")
     precision: Literal[("auto", *DTYPES)] = Field(  # type: ignore[valid-type]
         "auto", description="auto: float16 on CUDA, float32 on the CPU"
     )
@@ -126,6 +128,18 @@ class SampleConfig(CommandSettings):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a whole number >= 0, not {limit!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat(cls, values: Any) -> Any:
+        """`ft_compat: original` is `compat: original`; compat samples with the model's own scheduler
+        unless one is named (the original uses the pipeline's scheduler as it comes)."""
+        if not isinstance(values, dict):
+            return values
+        if "original" in (values.get("compat"), values.get("ft_compat")):
+            values = {**values, "compat": "original", "ft_compat": "original"}
+            values.setdefault("noise_scheduler", "model")
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> SampleConfig:

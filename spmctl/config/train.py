@@ -182,6 +182,9 @@ class TrainConfig(CommandSettings):
     verbose: bool = False
     seed: Seed = Field(0, description="random seed of the run")
     resume: bool = Field(False, description="continue from the latest checkpoint in output_dir")
+    compat: Literal["default", "original"] = Field(
+        "default", description="'original': the original SPM code's training iteration, its defects "
+        "included (README: Differences from the original SPM)")
 
     @field_validator("prompt", mode="before")
     @classmethod

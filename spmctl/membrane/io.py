@@ -81,8 +81,6 @@ def save_membrane(
 ) -> Path:
     """Write `tensors` (kohya keys) to `path` through `fileio.atomic_write` (temp file, fsync,
     rename), so a crash leaves either the old file or the new one, never half of one."""
-    from safetensors.torch import save_file
-
     if dtype not in SAVE_DTYPES:
         raise SpmctlError(f"membrane files are saved as float32, float16 or bfloat16, not {dtype}")
     path = Path(path)
@@ -95,8 +93,28 @@ def save_membrane(
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in tensors.items()
     }
-    atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(_reproducible_bytes(data, metadata)))
     return path
+
+
+def _reproducible_bytes(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of `data` with the metadata in a fixed (sorted) order.
+
+    safetensors keeps `__metadata__` in a hash map whose order changes from process to process, so
+    two identical training runs would write different bytes; here the JSON header is written again
+    with sorted keys (tensor offsets are unchanged) and padded, as safetensors pads it, to 8 bytes."""
+    import json
+
+    from safetensors.torch import save
+
+    raw = save(data, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    fixed = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    fixed.update(sorted(header.items()))
+    text = json.dumps(fixed, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
 def load_membrane(path: str | os.PathLike) -> MembraneFile:

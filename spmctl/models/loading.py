@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpmctlError, one_line
-from ..names import DTYPES, NOISE_SCHEDULERS
+from ..names import DTYPES, MODEL_SCHEDULER, NOISE_SCHEDULERS
 from .tiny import build_tiny_pipeline, is_tiny
 
 
@@ -61,13 +61,20 @@ def quiet_libraries() -> None:
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], v_pred: bool = False):
+    """A noise scheduler `name` built from `base_config` (the model's scheduler config). `model`: the
+    model's own scheduler class (PNDM for SD 1.4), what the original SPM code samples with."""
     import diffusers
 
-    if name not in NOISE_SCHEDULERS:
-        raise SpmctlError(f"unknown noise scheduler {name!r}; expected one of {', '.join(NOISE_SCHEDULERS)}")
-    cls = getattr(diffusers, NOISE_SCHEDULERS[name])
+    if name == MODEL_SCHEDULER:
+        cls = _model_scheduler_class(base_config)
+    elif name in NOISE_SCHEDULERS:
+        cls = getattr(diffusers, NOISE_SCHEDULERS[name])
+    else:
+        raise SpmctlError(f"unknown noise scheduler {name!r}; expected one of "
+                          f"{', '.join([*NOISE_SCHEDULERS, MODEL_SCHEDULER])}")
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    config["prediction_type"] = "v_prediction" if v_pred else "epsilon"
+    if name != MODEL_SCHEDULER or v_pred:  # the model's own scheduler keeps its prediction type
+        config["prediction_type"] = "v_prediction" if v_pred else "epsilon"
     try:
         return cls.from_config(config)
     except ImportError as exc:  # e.g. lms needs scipy
@@ -75,8 +82,21 @@ def make_scheduler(name: str, base_config: dict[str, Any], v_pred: bool = False)
         raise SpmctlError(f"noise scheduler {name!r} needs {missing}: pip install {missing}") from None
 
 
+def _model_scheduler_class(config: dict[str, Any]):
+    import diffusers
+
+    name = str(config.get("_class_name", ""))
+    cls = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
+        raise SpmctlError(f"noise scheduler 'model': the model's scheduler {name or '(unnamed)'!r} is not a "
+                          f"diffusers scheduler; choose one of {', '.join(NOISE_SCHEDULERS)}")
+    return cls
+
+
 def _from_pipeline(pipe: Any, source: str) -> SDModel:
-    return SDModel(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), source)
+    # the class name goes with the config: `--noise-scheduler model` rebuilds the model's own scheduler
+    config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
+    return SDModel(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, config, source)
 
 
 def _check_architecture(model: SDModel) -> None:

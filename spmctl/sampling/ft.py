@@ -10,7 +10,8 @@ For prompt p and each erased concept c of a membrane:
 Gate clipping: by default the gate is clipped to [0, 1]. A gate above 1 would push a membrane
 beyond the strength it was trained at, and a negative one (clipcos can be < 0) would *add* the
 concept back; neither is what "let unrelated prompts through" means. The original code does not
-clip (its scores lie in [-1, 1] and it has no factor), so `clip=False` reproduces it exactly.
+clip: its evaluation (evaluate_task.py) multiplies the max score by the factor and uses that as the
+gate as it is, so `clip=False` with the factor reproduces it exactly.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def compute_gates(
     """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport; and the
     prompts' embeddings when FT computed them in the form generation uses (clip_skip 1), else None."""
     if not spms or cfg.multiplier is not None:
-        return spm_gates(model.tokenizer, model.text_encoder, prompts, spms, multiplier=cfg.multiplier), None
+        return spm_gates(model.tokenizer, model.text_encoder, prompts, spms, multiplier=cfg.multiplier,
+                         factor=cfg.facilitate_factor, compat=cfg.compat), None
     from ..models.text import encode_prompts
 
     embeds = None

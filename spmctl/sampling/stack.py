@@ -78,7 +78,8 @@ def spm_gates(
     prompt_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(P, N): one gate per prompt and SPM, fixed by `multiplier` (one value, or one per SPM) or
-    from facilitated transport. `compat="original"` neither scales nor clips, as the original."""
+    from facilitated transport. `compat="original"` multiplies by the factor (a fixed multiplier too) and
+    does not clip, as the original's evaluation does."""
     if not spms:
         return torch.zeros(len(prompts), 0)
     if multiplier is not None:
@@ -87,7 +88,9 @@ def spm_gates(
                 f"multiplier: give one value or one per SPM ({len(spms)}), not {len(multiplier)}"
             )
         values = list(multiplier) * len(spms) if len(multiplier) == 1 else list(multiplier)
-        return torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone()
+        gates = torch.tensor(values, dtype=torch.float32).expand(len(prompts), len(spms)).clone()
+        # compat: the original multiplies a fixed multiplier by the factor as well
+        return gates * factor if compat == "original" else gates
     from .ft import ft_gates
 
     factor, clip = ft_scaling_for(compat, factor)
@@ -104,8 +107,9 @@ def spm_gates(
 
 
 def ft_scaling_for(compat: str, factor: float) -> tuple[float, bool]:
-    """FT's gate factor and clipping; the original neither clips nor scales, so compat mode doesn't."""
-    return (1.0 if compat == "original" else factor), compat != "original"
+    """FT's gate factor and clipping. The original (evaluate_task.py) multiplies the max score by the
+    factor and does not clip, so compat mode doesn't clip."""
+    return factor, compat != "original"
 
 
 class MembraneStack:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config.train import PromptSettings
+from .original import anchor_rows, resolution_steps
 
 GUIDANCE_WHILE_DENOISING = 3.0
 
@@ -52,16 +53,18 @@ def sample_anchors(target: torch.Tensor, count: int, gen: torch.Generator) -> to
     return anchors.reshape(count, *target.shape[1:]).to(device=target.device, dtype=target.dtype)
 
 
-def random_resolution(settings: PromptSettings, gen: torch.Generator, multiple: int) -> tuple[int, int]:
-    """Height and width: fixed, or (dynamic_resolution) multiples of 64 in [resolution/2, resolution].
+def random_resolution(settings: PromptSettings, gen: torch.Generator, multiple: int,
+                      compat: str = "default") -> tuple[int, int]:
+    """Height and width: fixed, or (dynamic_resolution) multiples of 64 in [resolution/2, resolution]
+    ([resolution/2, resolution) under compat: original).
 
     Below 128 px (the tiny model) the step is the smallest size the UNet accepts."""
     res = settings.resolution
     if not settings.dynamic_resolution:
         return res, res
     step = 64 if res >= 128 else multiple
-    low, high = max(1, (res // 2 + step - 1) // step), max(1, res // step)
-    hw = torch.randint(low, high + 1, (2,), generator=gen)
+    low, end = resolution_steps(res, step, compat)
+    hw = torch.randint(low, end, (2,), generator=gen)
     return int(hw[0]) * step, int(hw[1]) * step
 
 
@@ -73,12 +76,12 @@ class SPMObjective:
     """Computes the SPM loss of one iteration for a membrane network on a UNet."""
 
     def __init__(self, unet: Any, network: Any, make_scheduler: Any, max_denoising_steps: int,
-                 vae_scale_factor: int = 8) -> None:
+                 vae_scale_factor: int = 8, compat: str = "default") -> None:
         self.unet = unet
         self.network = network
+        self.compat = compat  # "original": the original code's anchoring slip and resolution range
         self.denoise_scheduler = make_scheduler()
         self.train_scheduler = make_scheduler()
-        self.train_scheduler.set_timesteps(1000)
         self.max_steps = max_denoising_steps
         self.vae_scale_factor = vae_scale_factor
         down = 2 ** (len(unet.config.block_out_channels) - 1)
@@ -127,7 +130,7 @@ class SPMObjective:
     def loss(self, embeds: Embeds, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         s = embeds.settings
         k = int(torch.randint(1, self.max_steps, (1,), generator=gen))
-        height, width = random_resolution(s, gen, self.size_multiple)
+        height, width = random_resolution(s, gen, self.size_multiple, self.compat)
         with_la = s.action == "erase_with_la" and s.sampling_batch_size > 0
         n_anchor = s.sampling_batch_size if with_la else 0
         # the whole batch is drawn on every rank (the generator stays in step), then sliced
@@ -135,10 +138,9 @@ class SPMObjective:
         latents = self.initial_latents(s.batch_size, height, width, gen)[latent_idx]
         x_t = self.denoise(latents, embeds.unconditional, embeds.target, k, gen)
 
-        t = self.train_scheduler.timesteps[int(k * 1000 / self.max_steps)]
-        x_in = self.train_scheduler.scale_model_input(x_t, t)
+        t, x_in = self.training_input(x_t, k)
         batch = len(latent_idx)
-        anchors = sample_anchors(embeds.target, n_anchor, gen)[anchor_idx] if with_la else None
+        anchors = self.anchor_embeds(embeds, n_anchor, gen)[anchor_idx] if with_la else None
         # anchor j sees latent j % batch_size (sampling_batch_size is a multiple of batch_size)
         position = {b: i for i, b in enumerate(latent_idx)}
         x_anchor = x_in[[position[j % s.batch_size] for j in anchor_idx]] if with_la else x_in[:0]
@@ -166,6 +168,23 @@ class SPMObjective:
             terms["anchor_loss"] = float(anchor.detach())
         terms["loss"] = float(total.detach())
         return total, terms
+
+    def training_input(self, x_t: torch.Tensor, k: int) -> tuple[Any, torch.Tensor]:
+        """The 1000-step timestep of denoising depth k, and x_t scaled for the UNet at it.
+
+        The schedule is set afresh each time: schedulers that keep a step index (euler_a, lms) fix it
+        at the first timestep they scale after `set_timesteps`, so a schedule set once would scale
+        every later iteration's input with the first iteration's sigma."""
+        sched = self.train_scheduler
+        sched.set_timesteps(1000)
+        t = sched.timesteps[int(k * 1000 / self.max_steps)]
+        return t, sched.scale_model_input(x_t, t)
+
+    def anchor_embeds(self, embeds: Embeds, count: int, gen: torch.Generator) -> torch.Tensor:
+        """The anchoring term's `count` text embeddings: every sampled anchor by default; under
+        compat: original the rows its batching slip actually compares (see original.anchor_rows)."""
+        anchors = sample_anchors(embeds.target, count, gen)
+        return anchor_rows(anchors, embeds.unconditional) if self.compat == "original" else anchors
 
     def shard_indices(self, batch: int, anchors: int) -> tuple[list[int], list[int]]:
         """Which latents and anchors this rank computes: every world-th one from its rank on (strided,

@@ -50,12 +50,15 @@ def check_optimizer_args(train: Train) -> None:
     _build(cls, [torch.zeros(1, requires_grad=True)], train)
 
 
-def build_optimizer(params: list[torch.nn.Parameter], train: Train) -> torch.optim.Optimizer:
-    return _build(optimizer_class(train.optimizer_type), params, train)
+def build_optimizer(params: list[torch.nn.Parameter], train: Train, compat: str = "default") -> torch.optim.Optimizer:
+    return _build(optimizer_class(train.optimizer_type), params, train, compat)
 
 
-def _build(cls: type[torch.optim.Optimizer], params: list[Any], train: Train) -> torch.optim.Optimizer:
-    lr = train.unet_lr if train.unet_lr is not None else train.lr
+def _build(cls: type[torch.optim.Optimizer], params: list[Any], train: Train,
+           compat: str = "default") -> torch.optim.Optimizer:
+    from .original import membrane_lr
+
+    lr = membrane_lr(train, compat)
     try:
         return cls(params, lr=lr, **train.optimizer_args)
     except (TypeError, ValueError) as exc:  # a value of the wrong type or out of range

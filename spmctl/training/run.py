@@ -20,6 +20,7 @@ from .checkpoint import all_finite, load_state, save_state
 from .folder import RunFolder
 from .objective import Embeds, SPMObjective
 from .optim import build_lr_scheduler, build_optimizer, check_optimizer_args
+from .original import membrane_dtypes, scheduler_config
 from .prompts import concept_names, resolve_prompt_settings
 from .resume import check_resumable, run_settings
 from .signals import EXIT_CODES, QuitNow, deferred_stop
@@ -179,16 +180,21 @@ class TrainingRun:
             _enable_xformers(self.model.unet, self.warn)
         self.network = MembraneNetwork(self.model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha,
                                        num_membranes=1)
-        self.network.to(device=self.device)  # the membrane itself stays fp32 whatever train.precision is
+        from ..models.loading import torch_dtype
+
+        train_dtype, self.save_dtype = membrane_dtypes(cfg.train.precision, cfg.save.precision, cfg.compat)
+        # by default the membrane itself stays fp32 whatever train.precision is
+        self.network.to(device=self.device, dtype=torch_dtype(train_dtype) if train_dtype else None)
         self.params = self.network.trainable_parameters()
-        self.optimizer = build_optimizer(self.params, cfg.train)
+        self.optimizer = build_optimizer(self.params, cfg.train, cfg.compat)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         model = self.model
         self.objective = SPMObjective(
             model.unet, self.network,
-            lambda: make_scheduler(cfg.train.noise_scheduler, model.scheduler_config, cfg.pretrained_model.v_pred),
-            cfg.train.max_denoising_steps, model.vae_scale_factor)
+            lambda: make_scheduler(cfg.train.noise_scheduler, scheduler_config(cfg.compat, model.scheduler_config),
+                                   cfg.pretrained_model.v_pred),
+            cfg.train.max_denoising_steps, model.vae_scale_factor, cfg.compat)
         self.embeds = _embeds(model, self.settings, cfg.pretrained_model.clip_skip)
         if ddp is not None:  # identical start on every rank; each computes its slice of every batch
             ddp.broadcast_(self.params)
@@ -295,7 +301,7 @@ class TrainingRun:
                 from ..models.loading import torch_dtype
 
                 save_membrane(path, weights, prompts=self.concepts, rank=cfg.network.rank,
-                              alpha=cfg.network.alpha, dtype=torch_dtype(cfg.save.precision),
+                              alpha=cfg.network.alpha, dtype=torch_dtype(self.save_dtype),
                               extra_metadata={"spmctl_base_model": self.model.source})
             if final:
                 self._write_summary(step, parts, path)
