@@ -1,10 +1,21 @@
-"""Seconds per iteration and peak memory: `spmctl train` vs. the original training loop.
+"""Seconds per training iteration: `spmctl train` vs. the original SPM loop, in alternating rounds.
 
-Both run on the same model, config and seed, each in its own process (so peak memory is
-per run), one after the other in this one invocation; the original loop replays spmctl's
-per-iteration denoising depths k, so both do the same denoising work:
+Per round, in one process and on the same config, seed and denoising depths k (the original loop
+replays the depths spmctl drew; every round uses the same seed, so they are the same each round):
 
-    python benchmarks/bench_train.py [--model tiny] [--iterations 60] [--out bench_train.json]
+- spmctl: `spmctl train`'s own loop (run_training), timed by the loop itself;
+- original: benchmarks/original_loop.py, the original's compute restated (its extra UNet calls and
+  eager adapters, nothing else);
+- as written: the same plus what the original does besides computing: a gc.collect()/CUDA-cache
+  flush and progress-bar updates every iteration;
+- denoising floor: the partial denoising alone (k steps, membrane folded in, CFG 3), the part of an
+  iteration spmctl cannot skip: spmctl's time over it is what is left to make faster.
+
+The order of the four flips every round (the first round starts with spmctl: it supplies the depths),
+so drift on a shared machine hits each the same. Reported: the median of the per-round ratios and
+their spread (min, max):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py [--model tiny] [--iterations 60] [--rounds 5]
                                      [--devices cpu|0] [--precision float32|float16|bfloat16]
                                      [--spmctl-only]   (no original loop: it runs on the CPU in fp32)
 """
@@ -12,13 +23,15 @@ per-iteration denoising depths k, so both do the same denoising work:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import os
-import resource
-import subprocess
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,8 +43,7 @@ def bench_config(model: str, iterations: int, resolution: int, out_dir: str, dev
     return {
         "pretrained_model": {"ckpt_path": model},
         "train": {"iterations": iterations, "lr": 1e-3, "optimizer_type": "AdamW", "lr_scheduler": "constant",
-                  "precision": precision,
-                  "lr_warmup_steps": 0, "max_denoising_steps": 30},
+                  "lr_warmup_steps": 0, "max_denoising_steps": 30, "precision": precision},
         "save": {"per_steps": 10**6},
         "template": "concept", "template_name": "cat",
         "prompt": {"action": "erase_with_la", "resolution": resolution, "dynamic_resolution": False,
@@ -40,80 +52,131 @@ def bench_config(model: str, iterations: int, resolution: int, out_dir: str, dev
     }
 
 
-def run_original(config_path: str, ks: list[int]) -> dict:
-    """Child process: the original loop (imports spmctl only for model loading and text encoding)."""
-    sys.path.insert(0, str(HERE))
-    from original_loop import train
+class Bench:
+    def __init__(self, model: str, iterations: int, resolution: int, tmp: Path, devices: str = "cpu",
+                 precision: str = "float32") -> None:
+        from spmctl.config.train import load_train_config
+        from spmctl.training.prompts import resolve_prompt_settings
 
-    from spmctl.config.train import load_train_config
-    from spmctl.models.loading import load_sd_model, make_scheduler
-    from spmctl.training.prompts import resolve_prompt_settings
+        self.tmp = tmp
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(bench_config(model, iterations, resolution, str(tmp / "out"), devices,
+                                                    precision)))
+        self.cfg, _ = load_train_config(path)
+        self.settings = resolve_prompt_settings(self.cfg)[0]
+        self.ks: list[int] | None = None
+        self.runs = 0
+        self.summary: dict[str, Any] = {}
 
-    cfg, _ = load_train_config(config_path)
-    settings = resolve_prompt_settings(cfg)[0]
-    model = load_sd_model(cfg.pretrained_model.ckpt_path)
-    result = train(model, lambda: make_scheduler("ddim", model.scheduler_config), settings,
-                   cfg.train.iterations, cfg.train.max_denoising_steps, cfg.train.lr, cfg.seed, ks)
-    result["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return result
+    def spmctl(self) -> float:
+        from spmctl.training.run import run_training
+
+        self.runs += 1
+        out = self.tmp / f"out{self.runs}"
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the membrane's path
+            run_training(self.cfg.model_copy(update={"output_dir": str(out)}), quiet=True)
+        ks = [json.loads(line)["k"] for line in (out / "cat_log.jsonl").read_text().splitlines()]
+        if self.ks is not None and ks != self.ks:
+            raise SystemExit("spmctl drew other depths with the same seed: the rounds would not compare")
+        self.ks = ks
+        self.summary = json.loads((out / "cat_summary.json").read_text())
+        return self.summary["seconds_per_iteration"]
+
+    def original(self, as_written: bool = False) -> float:
+        sys.path.insert(0, str(HERE))
+        from original_loop import train
+
+        from spmctl.models.loading import load_sd_model, make_scheduler
+        from spmctl.training.original import ORIGINAL_SCHEDULER_CONFIG
+
+        model = load_sd_model(self.cfg.pretrained_model.ckpt_path)  # fresh: the loop attaches to its UNet
+        result = train(model, lambda: make_scheduler("ddim", ORIGINAL_SCHEDULER_CONFIG), self.settings,
+                       self.cfg.train.iterations, self.cfg.train.max_denoising_steps, self.cfg.train.lr,
+                       self.cfg.seed, self.ks, as_written=as_written)
+        return result["seconds_per_iteration"]
+
+    def as_written(self) -> float:
+        return self.original(as_written=True)
+
+    def floor(self) -> float:
+        """The partial denoising of every iteration alone, as spmctl runs it."""
+        import torch
+
+        from spmctl.membrane import MembraneNetwork
+        from spmctl.models.loading import load_sd_model, make_scheduler
+        from spmctl.training.objective import SPMObjective
+        from spmctl.training.run import _embeds
+
+        model = load_sd_model(self.cfg.pretrained_model.ckpt_path)
+        network = MembraneNetwork(model.unet, rank=self.cfg.network.rank, alpha=self.cfg.network.alpha)
+        objective = SPMObjective(model.unet, network, lambda: make_scheduler("ddim", model.scheduler_config),
+                                 self.cfg.train.max_denoising_steps, model.vae_scale_factor)
+        embeds = _embeds(model, [self.settings], 1)[0]
+        gen = torch.Generator().manual_seed(0)
+        res = self.settings.resolution
+        start = time.perf_counter()
+        for k in self.ks or []:
+            latents = objective.initial_latents(self.settings.batch_size, res, res, gen)
+            objective.denoise(latents, embeds.unconditional, embeds.target, k, gen)
+        return (time.perf_counter() - start) / max(1, len(self.ks or []))
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "per_round": [round(v, 4) for v in values]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="bench_train.json")
     parser.add_argument("--devices", default="cpu", help='"cpu" or a CUDA index, e.g. "0"')
     parser.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--spmctl-only", action="store_true", help="time `spmctl train` alone")
-    parser.add_argument("--original-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--spmctl-only", action="store_true", help="time `spmctl train` alone, once")
     args = parser.parse_args()
-    if args.original_child:
-        config_path, ks = args.original_child
-        print(json.dumps(run_original(config_path, json.loads(ks))))
+
+    import torch
+
+    if args.spmctl_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench = Bench(args.model, args.iterations, args.resolution, Path(tmp), args.devices, args.precision)
+            bench.spmctl()
+        keys = ("seconds_per_iteration", "peak_memory_bytes")
+        result = {"model": args.model, "iterations": args.iterations, "resolution": args.resolution,
+                  "devices": args.devices, "precision": args.precision,
+                  "spmctl": {k: bench.summary[k] for k in keys}}
+        print(f"spmctl train : {result['spmctl']['seconds_per_iteration'] * 1e3:8.1f} ms/it  "
+              f"peak {result['spmctl']['peak_memory_bytes'] / 2**20:7.0f} MiB")
+        Path(args.out).write_text(json.dumps(result, indent=2))
         return
 
+    names = ["spmctl", "original", "as_written", "floor"]
+    times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = Path(tmp) / "bench.yaml"
-        cfg_path.write_text(yaml.safe_dump(bench_config(args.model, args.iterations, args.resolution,
-                                                        str(Path(tmp) / "out"), args.devices, args.precision)))
-        spmctl = Path(sys.executable).parent / "spmctl"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
-        subprocess.run([str(spmctl), "train", "-c", str(cfg_path), "--quiet"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        ours = json.loads((Path(tmp) / "out" / "cat_summary.json").read_text())
-        if args.spmctl_only:
-            keys = ("seconds_per_iteration", "peak_memory_bytes")
-            result = {"model": args.model, "iterations": args.iterations, "resolution": args.resolution,
-                      "devices": args.devices, "precision": args.precision, "spmctl": {k: ours[k] for k in keys}}
-            print(f"spmctl train : {ours['seconds_per_iteration'] * 1e3:8.1f} ms/it  "
-                  f"peak {ours['peak_memory_bytes'] / 2**20:7.0f} MiB")
-            Path(args.out).write_text(json.dumps(result, indent=2))
-            return
-        # the original loop replays spmctl's denoising depths: both then do the same denoising work
-        log = (Path(tmp) / "out" / "cat_log.jsonl").read_text().splitlines()
-        ks = json.dumps([json.loads(line)["k"] for line in log])
-        child = subprocess.run([sys.executable, __file__, "--original-child", str(cfg_path), ks], check=True,
-                               capture_output=True, text=True, env=env)
-        original = json.loads(child.stdout.strip().splitlines()[-1])
+        bench = Bench(args.model, args.iterations, args.resolution, Path(tmp))
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else reversed(names):
+                times[name].append(getattr(bench, name)())
+            print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {times[n][-1] * 1e3:.1f} ms/it" for n in names),
+                  file=sys.stderr)
 
-    result = {
-        "model": args.model, "iterations": args.iterations, "resolution": args.resolution,
-        "devices": args.devices, "precision": args.precision,
-        "torch_threads": __import__("torch").get_num_threads(),
-        "spmctl": {"seconds_per_iteration": ours["seconds_per_iteration"],
-                   "peak_memory_bytes": ours["peak_memory_bytes"]},
-        "original": {"seconds_per_iteration": original["seconds_per_iteration"],
-                     "peak_memory_bytes": original["peak_memory_bytes"]},
+    rounds = range(args.rounds)
+    result: dict[str, Any] = {
+        "model": args.model, "iterations": args.iterations, "resolution": args.resolution, "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "seconds_per_iteration": {n: statistics.median(times[n]) for n in names},
+        "speedup": spread([times["original"][i] / times["spmctl"][i] for i in rounds]),
+        "speedup_vs_as_written": spread([times["as_written"][i] / times["spmctl"][i] for i in rounds]),
+        "over_denoising_floor": spread([times["spmctl"][i] / times["floor"][i] for i in rounds]),
     }
-    result["speedup"] = original["seconds_per_iteration"] / ours["seconds_per_iteration"]
-    result["memory_ratio"] = ours["peak_memory_bytes"] / max(1, original["peak_memory_bytes"])
-    print(f"spmctl train : {ours['seconds_per_iteration'] * 1e3:8.1f} ms/it  "
-          f"peak {ours['peak_memory_bytes'] / 2**20:7.0f} MiB")
-    print(f"original loop: {original['seconds_per_iteration'] * 1e3:8.1f} ms/it  "
-          f"peak {original['peak_memory_bytes'] / 2**20:7.0f} MiB")
-    print(f"speed-up {result['speedup']:.2f}x  memory ratio {result['memory_ratio']:.2f}")
+    for name, label in (("speedup", "speed-up vs. the original loop (compute)"),
+                        ("speedup_vs_as_written", "speed-up vs. the original as written"),
+                        ("over_denoising_floor", "spmctl over the denoising floor")):
+        s = result[name]
+        print(f"{label:42s} {s['median']:.2f}x  (rounds {s['min']:.2f}-{s['max']:.2f})")
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 

@@ -70,6 +70,11 @@ def predict_noise(unet: Any, scheduler: Any, t: Any, latents: torch.Tensor, embe
     return uncond + guidance * (text - uncond)
 
 
+def pair(uncond: torch.Tensor, cond: torch.Tensor, batch: int) -> torch.Tensor:
+    """[uncond x batch, cond x batch], the original's CFG batch for `batch` latents."""
+    return torch.cat([uncond, cond]).repeat_interleave(batch, dim=0)
+
+
 def sample_anchors(target: torch.Tensor, uncond: torch.Tensor, count: int) -> torch.Tensor:
     import random
 
@@ -85,9 +90,16 @@ def sample_anchors(target: torch.Tensor, uncond: torch.Tensor, count: int) -> to
 
 
 def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_steps: int, lr: float,
-          seed: int = 0, ks: list[int] | None = None) -> dict[str, float]:
+          seed: int = 0, ks: list[int] | None = None, as_written: bool = False) -> dict[str, float]:
     """`ks`: the denoising depth of each iteration (replayed from a spmctl run, so that both loops do
-    the same amount of denoising work); drawn at random as the original does when not given."""
+    the same amount of denoising work); drawn at random as the original does when not given.
+    `as_written`: also the original's per-iteration flush (gc.collect, CUDA cache) and its progress
+    bars (one over the iterations, one over each iteration's denoising steps), drawn to os.devnull."""
+    import gc
+    import os
+
+    from tqdm import tqdm
+
     from spmctl.models.text import encode_prompts
 
     torch.manual_seed(seed)
@@ -101,8 +113,10 @@ def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_s
     sched = make_scheduler()
     batch = settings.batch_size
     vae_factor = model.vae_scale_factor
+    sink = open(os.devnull, "w")  # noqa: SIM115 - closed below; the bars' text is drawn, not shown
+    bar = tqdm(range(iterations), file=sink, disable=not as_written)
     start = time.perf_counter()
-    for it in range(iterations):
+    for it in bar:
         with torch.no_grad():
             sched.set_timesteps(max_steps)
             opt.zero_grad()
@@ -111,16 +125,16 @@ def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_s
             latents = torch.randn(batch, 4, res // vae_factor, res // vae_factor) * sched.init_noise_sigma
             set_multiplier(adapters, 1.0)
             embeds = torch.cat([uncond.repeat(batch, 1, 1), target.repeat(batch, 1, 1)])
-            for t in sched.timesteps[:k]:
+            for t in tqdm(sched.timesteps[:k], file=sink, disable=not as_written):
                 eps = predict_noise(unet, sched, t, latents, embeds, 3.0)
                 latents = sched.step(eps, t, latents).prev_sample
             sched.set_timesteps(1000)
             t = sched.timesteps[int(k * 1000 / max_steps)]
             set_multiplier(adapters, 0.0)
-            pos = predict_noise(unet, sched, t, latents, torch.cat([uncond, positive]).repeat(batch, 1, 1), 1)
-            neu = predict_noise(unet, sched, t, latents, torch.cat([uncond, neutral]).repeat(batch, 1, 1), 1)
+            pos = predict_noise(unet, sched, t, latents, pair(uncond, positive, batch), 1)
+            neu = predict_noise(unet, sched, t, latents, pair(uncond, neutral, batch), 1)
         set_multiplier(adapters, 1.0)
-        tgt = predict_noise(unet, sched, t, latents, torch.cat([uncond, target]).repeat(batch, 1, 1), 1)
+        tgt = predict_noise(unet, sched, t, latents, pair(uncond, target, batch), 1)
         loss = F.mse_loss(tgt, neu - settings.guidance_scale * (pos - neu))
         if settings.action == "erase_with_la":
             anchors = sample_anchors(target, uncond, settings.sampling_batch_size)
@@ -132,5 +146,13 @@ def train(model: Any, make_scheduler: Any, settings: Any, iterations: int, max_s
             loss = loss + settings.la_strength * F.mse_loss(anchor_on, anchor_off)
         loss.backward()
         opt.step()
+        if as_written:
+            bar.set_description(f"Loss*1k: {loss.item() * 1000:.4f}")
+            del pos, neu, tgt, latents
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            gc.collect()
     elapsed = time.perf_counter() - start
+    bar.close()
+    sink.close()
     return {"seconds": elapsed, "seconds_per_iteration": elapsed / iterations}
