@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TESTS, run_spmctl, write_train_config
+from conftest import TESTS, make_spm, run_spmctl, write_train_config
 
 from spmctl.config.train import PromptSettings, load_train_config
 from spmctl.membrane import MembraneNetwork
@@ -234,15 +234,14 @@ def test_model_scheduler_is_the_models_own(pndm_model):
     assert isinstance(build_pipeline(load_sd_model(str(pndm_model)), "model").scheduler, PNDMScheduler)
 
 
-def test_compat_gates_are_the_scores_times_the_factor_unclipped():
+def test_compat_gates_are_the_scores_times_the_factor_unclipped(tiny):
     """Bug: --ft-compat original ignored --facilitate-factor; the original multiplies the max score by it."""
     from spmctl.config.sample import load_sample_config
-    from spmctl.models.loading import load_sd_model
     from spmctl.sampling.ft import ft_gates
     from spmctl.sampling.run import compute_gates
     from spmctl.sampling.stack import SPM
 
-    model = load_sd_model("tiny")
+    model = tiny
     spms = [SPM(Path("cat.safetensors"), "cat", {}, ["cat"], 1, 1.0)]
     prompts = ["a cat", "a dog"]
     raw = ft_gates(model.tokenizer, model.text_encoder, prompts, [["cat"]], clip=False)
@@ -268,7 +267,6 @@ def test_compat_config_alias_and_scheduler():
 @pytest.mark.slow
 def test_cli_sample_compat_uses_the_models_scheduler(tmp_path, pndm_model):
     from PIL import Image
-    from test_sample import make_spm
 
     spm = make_spm(tmp_path / "cat.safetensors", ["cat"], seed=1)
     common = ["sample", "-m", str(pndm_model), "--spm", str(spm), "-p", "a cat", "--steps", "3",
