@@ -6,12 +6,9 @@ be reproduced. Each is listed in the README's "Differences from the original SPM
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-
-Compat = Literal["default", "original"]
-COMPAT_MODES = ("default", "original")
 
 # The original builds its noise scheduler from these values alone (its create_noise_scheduler), so
 # every other setting is the diffusers default: steps_offset = 0 and, for DDIM, set_alpha_to_one =
