@@ -1,4 +1,4 @@
-"""Fidelity to the method (issue 19): the default objective is DESIGN §1.2's, `compat: original` is the
+"""Fidelity to the method (issue 19): the default objective is the documented one, `compat: original` is the
 original SPM code's arithmetic (its defects included), and identical runs write identical bytes.
 
 The expected losses are restated here from the descriptions, with separate UNet calls, on the tiny
@@ -53,7 +53,8 @@ def eps(model, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
 
 
 def restated_loss(model, net, e: Embeds, seed: int, scheduler, original: bool) -> float:
-    """The loss of one iteration, written out from DESIGN §1.2 (default) or §1.5 (original)."""
+    """The loss of one iteration, written out: the documented objective, or (original) the original code's
+    arithmetic as the README's "Differences from the original SPM" states it."""
     s = e.settings
     gen = torch.Generator().manual_seed(seed)
     k = int(torch.randint(1, MAX_STEPS, (1,), generator=gen))

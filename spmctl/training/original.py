@@ -1,6 +1,6 @@
 """`compat: original`: what the original SPM code (Con6924/SPM, train_spm.py) does differently.
 
-The default (DESIGN §1.2) corrects these; compat mode reproduces them so that published numbers can
+The default corrects these; compat mode reproduces them so that published numbers can
 be reproduced. Each is listed in the README's "Differences from the original SPM" table.
 """
 
