@@ -204,7 +204,7 @@ def test_cli_train_compat_original(tmp_path):
     assert result.returncode == 0, result.stderr
     import yaml
 
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["compat"] == "original"
+    assert yaml.safe_load((tmp_path / "run" / "cat_config.yaml").read_text())["compat"] == "original"
     bad = run_spmctl("train", "-c", str(cfg), "--compat", "orig", "--print-config")
     assert bad.returncode == 2 and "compat" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
