@@ -238,12 +238,12 @@ def test_model_scheduler_is_the_models_own(pndm_model):
 def test_compat_gates_are_the_scores_times_the_factor_unclipped(tiny):
     """Bug: --ft-compat original ignored --facilitate-factor; the original multiplies the max score by it."""
     from spmctl.config.sample import load_sample_config
+    from spmctl.membrane import MembraneFile
     from spmctl.sampling.ft import ft_gates
     from spmctl.sampling.run import compute_gates
-    from spmctl.sampling.stack import SPM
 
     model = tiny
-    spms = [SPM(Path("cat.safetensors"), "cat", {}, ["cat"], 1, 1.0)]
+    spms = [MembraneFile({}, ["cat"], 1, 1.0)]
     prompts = ["a cat", "a dog"]
     raw = ft_gates(model.tokenizer, model.text_encoder, prompts, [["cat"]], clip=False)
     cfg, _ = load_sample_config(None, {"ft_compat": "original", "facilitate_factor": 1.5})
