@@ -55,6 +55,10 @@ def test_an_installed_spmctl_finds_its_dataset_files(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(source)], check=True, capture_output=True, text=True)
     assert not (target / "datasets").exists()  # nothing installed under the name `datasets`
+    # every package of the checkout is installed (pyproject lists them one by one)
+    missing = [str(init.parent.relative_to(REPO)) for init in sorted((REPO / "spmctl").rglob("__init__.py"))
+               if not (target / init.relative_to(REPO)).exists()]
+    assert not missing, f"packages missing from the installed spmctl (pyproject [tool.setuptools] packages): {missing}"
     code = ("import spmctl, spmctl.providers as p, spmctl.download.manifest as m, spmctl.datafiles as d\n"
             "print(spmctl.__file__)\n"
             "print(len(p.builtin_names('unlearncanvas_styles')), len(p.builtin_names('i2p_categories')))\n"
