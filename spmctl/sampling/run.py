@@ -171,8 +171,6 @@ def run_sampling(
             f"--multiplier: give one value or one per SPM ({len(spms)}), not {len(cfg.multiplier)}"
         )
     device = cfg.resolved_device()  # a device this machine lacks stops here, before the model loads
-    if not spms:
-        console.print("no --spm given: generating with the base model alone")
     model_path = cfg.model
     if model_path is None:
         model_path, why = base_model_of(spms)
@@ -205,6 +203,8 @@ def _sample(
         return Path(cfg.output_dir)
     gate_of = dict(zip(prompts, gates.tolist(), strict=True))
     jobs = plan_jobs(rows, cfg)
+    if not spms:  # said once the inputs are known good: a refused run stays one line
+        console.print("no --spm given: generating with the base model alone")
     names = file_names(jobs)
     out_dir = Path(cfg.output_dir)
     # under torchrun each process makes its share (names are decided over the whole run first)
