@@ -102,7 +102,7 @@ LONG = "a photo of a cat " * 20 + "wearing a red hat"
 def test_long_prompts_are_warned_once_with_what_is_dropped(files: Path, tmp_path: Path):
     """Sampling: the same long prompt twice gives one warning, naming the words the encoder loses."""
     result = run_spmctl(*SAMPLE[:-1], str(tmp_path / "o"), "-p", LONG, "-p", LONG, "--images-per-prompt", "1",
-                        "--quiet", cwd=tmp_path)
+                        cwd=tmp_path)  # not --quiet: it silences warnings too (issue 14)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "tokens" in line]
     assert len(warnings) == 1, result.stderr
@@ -113,7 +113,7 @@ def test_long_prompts_are_warned_once_with_what_is_dropped(files: Path, tmp_path
 def test_long_training_prompt_is_warned(files: Path, tmp_path: Path):
     result = run_spmctl("train", "-c", str(files / "train.yaml"), "--set", f"output_dir={tmp_path / 'o'}",
                         "--set", "template=null", "--set", "template_name=null", "--set", f"prompt.target={LONG}",
-                        "--quiet", cwd=tmp_path)
+                        cwd=tmp_path)  # not --quiet: it silences warnings too (issue 14)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "tokens" in line]
     assert len(warnings) == 1 and "red hat" in warnings[0], result.stderr

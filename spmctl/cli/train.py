@@ -92,7 +92,7 @@ def train(
 
     if origin.get("train.optimizer_type") == OPTIMIZER_FALLBACK and not print_config:
         stderr_console(quiet).print(f"note: train.optimizer_type: {OPTIMIZER_FALLBACK}", highlight=False,
-                                    markup=False)
+                                    markup=False, soft_wrap=True)
     if print_config:
         from .common import print_config_table
 
