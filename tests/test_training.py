@@ -80,7 +80,7 @@ def test_seed_config_with_a_style_template_trains_on_that_style(tmp_path: Path):
         "--template", "style", "--template_name", "Van_Gogh", "--model", "tiny", "--devices", "cpu",
         "--output_dir", str(tmp_path / "out"), "--iterations", "3",
         "--set", "train.optimizer_type=AdamW", "--set", "prompt.resolution=64",
-        "--set", "prompt.dynamic_resolution=false", "--set", "train.lr_warmup_steps=0", "--quiet",
+        "--set", "prompt.dynamic_resolution=false", "--set", "train.lr_warmup_steps=0",
     )
     assert result.returncode == 0, result.stderr
     files = list((tmp_path / "out").glob("*_last.safetensors"))
