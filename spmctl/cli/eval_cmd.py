@@ -89,11 +89,17 @@ def unlearncanvas(
                                      "(the benchmark's: 188,288,588,688,888).")] = None,
     batch_size: Annotated[int, Opt("--batch-size", help="Images per classifier call.")] = 16,
     device: Annotated[str, Opt("--device", help="Device for checkpoint classifiers.")] = "cpu",
+    loader: Annotated[str, Opt("--loader", help="Checkpoint loader: auto (timm where it imports, else plain), "
+                               "timm, or plain (the same ViT without timm/torchvision).")] = "auto",
     output_dir: OutputDir = None,
 ) -> None:
     """UnlearnCanvas: UA, IRA and CRA per erased concept and averaged."""
+    from ..errors import config_error
+
+    if loader not in ("auto", "timm", "plain"):
+        raise config_error(f"--loader {loader!r}: expected auto, timm or plain")
     options = {"style_classifier": style_classifier, "object_classifier": object_classifier, "erased": erased,
-               "seeds": seeds, "batch_size": batch_size, "device": device}
+               "seeds": seeds, "batch_size": batch_size, "device": device, "loader": loader}
     _evaluate(runs, labels, ["unlearncanvas"], {"unlearncanvas": options}, output_dir)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SpmctlError, one_line
+from ..errors import SpmctlError
 from ..providers import ImageClassifier
 from .base import MetricUnavailable
 
@@ -45,7 +45,9 @@ def unlearncanvas_labels(kind: str, num_classes: int | None = None) -> list[str]
 
 
 def preprocess(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
-    """The benchmark's transform: resize to size×size (bilinear), scale to [-1, 1] (mean = std = 0.5)."""
+    """The benchmark's transform (accuracy.py: Resize((224, 224)), ToTensor, Normalize([0.5], [0.5])):
+    each image resized to size×size with PIL's bilinear filter (what torchvision's Resize does to a PIL
+    image), scaled to [0, 1], then to [-1, 1] (mean = std = 0.5 on every channel)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -64,6 +66,8 @@ class TorchClassifier:
         self.kind = kind
         self.name = name
         self.size = size
+        self.loader = "module"  # how the network was built: timm, plain (spmctl.eval.vit) or a given module
+        self.sha256: str | None = None  # the checkpoint file's, for the results' pins
 
     def predict(self, images: Sequence[Image.Image]) -> list[str]:
         import torch
@@ -74,16 +78,37 @@ class TorchClassifier:
         return [self.labels[i] for i in logits.argmax(dim=-1).tolist()]
 
 
-def load_checkpoint(path: Path, kind: str, device: str = "cpu") -> TorchClassifier:
-    """The UnlearnCanvas checkpoint: a timm ViT-L/16 state dict under `model_state_dict`."""
+def _timm() -> Any:
+    """timm, or None where it cannot import (it needs torchvision, which fails beside some torch builds)."""
     try:
         import timm
-    except ImportError:
-        raise MetricUnavailable(
-            f"unlearncanvas: loading the {kind} classifier {path} needs timm "
-            "(pip install 'spmctl[eval-unlearncanvas]'), or pass a plugin classifier's name") from None
+    except Exception:  # ImportError, or torchvision's "operator torchvision::nms does not exist"
+        return None
+    return timm
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path, kind: str, device: str = "cpu", loader: str = "auto") -> TorchClassifier:
+    """The UnlearnCanvas checkpoint: a timm ViT-L/16 state dict under `model_state_dict`.
+
+    `loader`: "timm" (the benchmark's own), "plain" (spmctl.eval.vit, the same network without
+    torchvision) or "auto": timm where it imports, else plain.
+    """
     import torch
 
+    timm = _timm() if loader in ("auto", "timm") else None
+    if loader == "timm" and timm is None:
+        raise MetricUnavailable(f"unlearncanvas: loading the {kind} classifier {path} with timm needs timm "
+                                "(pip install 'spmctl[eval-unlearncanvas]'); loader 'plain' needs no timm")
     try:  # weights_only: a checkpoint from the internet must not run code on load
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -93,12 +118,21 @@ def load_checkpoint(path: Path, kind: str, device: str = "cpu") -> TorchClassifi
     if not isinstance(state, dict) or "head.weight" not in state:
         raise SpmctlError(f"{path}: not a timm {ARCH} state dict (no 'head.weight' under 'model_state_dict')")
     labels = unlearncanvas_labels(kind, int(state["head.weight"].shape[0]))
-    model = timm.create_model(ARCH, pretrained=False, num_classes=len(labels))
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise SpmctlError(f"{path}: does not fit timm {ARCH}: {one_line(exc)}") from None
-    return TorchClassifier(model.to(device), labels, kind, name=str(path))
+        if timm is not None:
+            model = timm.create_model(ARCH, pretrained=False, num_classes=len(labels))
+            model.load_state_dict(state)
+        else:
+            from .vit import from_state_dict
+
+            model = from_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = " ".join(str(exc).split())  # torch's message spans lines: keep it one
+        raise SpmctlError(f"{path}: does not fit timm {ARCH}: {type(exc).__name__}: {detail[:300]}") from None
+    classifier = TorchClassifier(model.to(device), labels, kind, name=str(path))
+    classifier.loader = "timm" if timm is not None else "plain"
+    classifier.sha256 = file_sha256(path)
+    return classifier
 
 
 def plugin_classifiers() -> dict[str, Any]:
@@ -107,7 +141,7 @@ def plugin_classifiers() -> dict[str, Any]:
     return get_classifiers()
 
 
-def resolve_classifier(spec: Any, kind: str, device: str = "cpu") -> Any:
+def resolve_classifier(spec: Any, kind: str, device: str = "cpu", loader: str = "auto") -> Any:
     """A classifier object, a registered classifier's name, or a checkpoint path -> a classifier."""
     if spec is None or isinstance(spec, ImageClassifier):
         return spec
@@ -119,7 +153,7 @@ def resolve_classifier(spec: Any, kind: str, device: str = "cpu") -> Any:
         return classifier
     path = Path(str(spec))
     if path.is_file():
-        return load_checkpoint(path, kind, device)
+        return load_checkpoint(path, kind, device, loader)
     known = ", ".join(sorted(registered)) or "none registered"
     raise SpmctlError(f"--{kind}-classifier {spec!r}: no such file or plugin classifier (plugin classifiers: "
                       f"{known})")

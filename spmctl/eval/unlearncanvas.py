@@ -1,16 +1,24 @@
 """UnlearnCanvas: unlearning accuracy (UA) and in-/cross-domain retain accuracy (IRA, CRA).
 
-For a run that erased concept c of kind K (a style or an object), with the other kind K':
-- UA  = share of images showing c that the K classifier does NOT classify as c;
-- IRA = K classifier accuracy on the retained images (those showing no erased concept);
-- CRA = K' classifier accuracy on the same retained images.
-Each image's true style and object come from its manifest record (`categories` = [style, object],
-as the `unlearncanvas` dataset writes them); the erased concepts from the SPMs' concepts.
+As the benchmark computes them (OPTML-Group/UnlearnCanvas, machine_unlearning/evaluation/
+quantitative/accuracy.py and its README): a classifier's accuracy is taken per label over every
+image carrying that label, whatever the other kind is (a style's accuracy over all its objects and
+seeds; an object's over all styles, the erased one and `Seed_Images` included). For a run that
+erased concept c of kind K (style or object), with the other kind K':
+- UA  = 1 - accuracy of the K classifier on c (share of c's images not classified as c);
+- IRA = mean over the other K labels of their K-classifier accuracy;
+- CRA = mean over every K' label of its K'-classifier accuracy (c's own images count);
+- CRA_without_erased (spmctl's earlier variant, an extra column): the K' classifier's accuracy over
+  the images showing no erased concept.
+Each image's true style and object come from its manifest record (`categories` = [style, object]);
+the erased concepts from the SPMs' concepts. A run that erased several concepts: IRA leaves out every
+erased label of kind K. The average over concepts is the mean of the per-concept scores.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from collections.abc import Sequence
 from statistics import mean
 from typing import Any
@@ -22,10 +30,19 @@ from .classifiers import SEED_IMAGES, resolve_classifier, unlearncanvas_labels
 
 BENCHMARK_SEEDS = (188, 288, 588, 688, 888)  # the seeds UnlearnCanvas generates its test images with
 AVERAGE = "(average)"
+SCORES = ("UA", "IRA", "CRA", "CRA_without_erased")
 
 
 def _share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
+
+
+def label_accuracy(truth: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
+    """Per true label: the share of its images predicted as it (accuracy.py's acc[label])."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for t, p in zip(truth, pred, strict=True):
+        hits[t].append(t == p)
+    return {label: sum(flags) / len(flags) for label, flags in hits.items()}
 
 
 def concept_scores(
@@ -37,22 +54,23 @@ def concept_scores(
 ) -> dict[str, Any]:
     """UA/IRA/CRA of one erased `concept` of `kind`; `truth`/`pred` map "style"/"object" to labels.
 
-    `erased` holds every concept the run erased, per kind: retained images show none of them, so
-    a second erased concept does not count against the first one's retain accuracy. A missing
-    classifier (pred[kind] is None) leaves its scores None.
+    `erased` holds every concept the run erased, per kind. A missing classifier (pred[kind] is None)
+    leaves its scores None.
     """
     other = "object" if kind == "style" else "style"
-    n = len(truth[kind])
-    forget = [i for i in range(n) if truth[kind][i] == concept]
-    retain = [i for i in range(n) if truth["style"][i] not in erased["style"]
-              and truth["object"][i] not in erased["object"]]
     same, cross = pred[kind], pred[other]
+    acc_same = label_accuracy(truth[kind], same) if same is not None else None
+    acc_cross = label_accuracy(truth[other], cross) if cross is not None else None
+    retain = [i for i in range(len(truth[kind])) if truth["style"][i] not in erased["style"]
+              and truth["object"][i] not in erased["object"]]
+    kept = [label for label in (acc_same or {}) if label not in erased[kind]]
     return {
         "kind": kind,
-        "UA": _share([same[i] != concept for i in forget]) if same is not None else None,
-        "IRA": _share([same[i] == truth[kind][i] for i in retain]) if same is not None else None,
-        "CRA": _share([cross[i] == truth[other][i] for i in retain]) if cross is not None else None,
-        "forget_images": len(forget),
+        "UA": 1 - acc_same[concept] if acc_same is not None and concept in acc_same else None,
+        "IRA": mean(acc_same[label] for label in kept) if acc_same is not None and kept else None,
+        "CRA": mean(acc_cross.values()) if acc_cross else None,
+        "CRA_without_erased": _share([cross[i] == truth[other][i] for i in retain]) if cross is not None else None,
+        "forget_images": sum(label == concept for label in truth[kind]),
         "retain_images": len(retain),
     }
 
@@ -146,13 +164,14 @@ class UnlearnCanvasMetric:
         seeds: str | Sequence[int] | None = None,
         batch_size: int = 16,
         device: str = "cpu",
+        loader: str = "auto",
         **_: Any,
     ) -> MetricResult:
         if style_classifier is None and object_classifier is None:
             raise MetricUnavailable("unlearncanvas: give --style-classifier and/or --object-classifier "
                                     "(a checkpoint file or a plugin classifier's name)")
-        classifiers = {"style": resolve_classifier(style_classifier, "style", device),
-                       "object": resolve_classifier(object_classifier, "object", device)}
+        classifiers = {"style": resolve_classifier(style_classifier, "style", device, loader),
+                       "object": resolve_classifier(object_classifier, "object", device, loader)}
         given = seeds if seeds is None or isinstance(seeds, str) else [str(s) for s in seeds]
         try:
             wanted = {int(s) for s in split_list(given)}
@@ -163,8 +182,11 @@ class UnlearnCanvasMetric:
         if unknown:
             raise SpmctlError(f"--erased: no run labelled {unknown[0]!r}; labels: {', '.join(r.label for r in runs)}")
         result = MetricResult(metric=self.name, notes=[
-            "UA: erased concept's images not classified as it; IRA/CRA: same-/other-kind accuracy on images "
-            "showing no erased concept"])
+            "UA: 1 - the erased concept's accuracy; IRA: mean accuracy of the other labels of its kind; CRA: mean "
+            "accuracy of every label of the other kind, each over all its images (the benchmark's accuracy.py); "
+            "CRA_without_erased: the other kind's accuracy over images showing no erased concept (spmctl's variant)"])
+        result.details["pins"] = {f"{kind}_classifier": classifier_pin(c) for kind, c in classifiers.items()}
+        result.details["pins"]["seeds"] = sorted(wanted) or "all"
         per_concept: list[dict[str, Any]] = []
         for run in runs:
             records = [r for r in run.records if not wanted or int(r.get("seed", -1)) in wanted]
@@ -180,7 +202,7 @@ class UnlearnCanvasMetric:
             erased_sets = {k: {c for kind, c in concepts if kind == k} for k in ("style", "object")}
             scores = {c: concept_scores(truth, pred, c, kind, erased_sets) for kind, c in concepts}
             row = {"images": len(keep), "erased": "+".join(c for _, c in concepts) or "-"}
-            for key in ("UA", "IRA", "CRA"):
+            for key in SCORES:
                 row[key] = _mean([s[key] for s in scores.values()])
             for kind in ("style", "object"):  # plain accuracies: the base model's reference numbers
                 row[f"{kind}_acc"] = (_share([p == t for p, t in zip(pred[kind], truth[kind], strict=True)])
@@ -189,13 +211,26 @@ class UnlearnCanvasMetric:
             result.details[run.label] = {"per_concept": scores, "seeds": sorted(wanted) or "all"}
             per_concept.extend(scores.values())
         if len(per_concept) > 1:  # the benchmark reports the mean over erased concepts
-            result.details[AVERAGE] = {k: _mean([s[k] for s in per_concept]) for k in ("UA", "IRA", "CRA")}
+            result.details[AVERAGE] = {k: _mean([s[k] for s in per_concept]) for k in SCORES}
             result.table[AVERAGE] = {"images": None, "erased": f"{len(per_concept)} concepts",
                                      **result.details[AVERAGE]}
         result.charts = {"unlearncanvas": {
             label: {k: float(v) for k, v in row.items() if k in ("UA", "IRA", "CRA") and v is not None}
             for label, row in result.table.items()}}
         return result
+
+
+def classifier_pin(classifier: Any) -> dict[str, Any] | None:
+    """What identifies a classifier's verdicts: its name, file hash, loader, labels and input transform."""
+    if classifier is None:
+        return None
+    pin = {"name": str(classifier.name), "labels": len(classifier.labels)}
+    for key in ("sha256", "loader", "size"):
+        if getattr(classifier, key, None) is not None:
+            pin[key] = getattr(classifier, key)
+    if getattr(classifier, "size", None) is not None:
+        pin["transform"] = f"resize {classifier.size}x{classifier.size} bilinear, [0,1] -> [-1,1]"
+    return pin
 
 
 @hookimpl
