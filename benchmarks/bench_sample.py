@@ -157,7 +157,7 @@ def main() -> None:
 
     from spmctl.models.loading import load_sd_model
     from spmctl.sampling.ft import concept_bank, concept_scores, membrane_gates
-    from spmctl.sampling.generate import Generator, Job, build_pipeline
+    from spmctl.sampling.generate import ImageSampler, Job, build_pipeline
     from spmctl.sampling.stack import MembraneStack, load_spms
 
     if args.model == "sd15-shaped":
@@ -171,7 +171,7 @@ def main() -> None:
     prompts = [PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" {i}") for i in range(args.prompts)]
     jobs = [Job(p, 100 + i, 0, 7.5, args.size, args.size, i) for i, p in enumerate(prompts)]
     batches = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
-    generate = Generator(model, build_pipeline(model), steps=args.steps)
+    generate = ImageSampler(model, build_pipeline(model), steps=args.steps)
     folder = Path(tempfile.mkdtemp(prefix="bench_sample_"))
     spms = load_spms([str(p) for p in make_membranes(model.unet, folder)])
 

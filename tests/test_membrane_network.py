@@ -31,7 +31,7 @@ def run(unet, inputs, rows=slice(None)):
 def randomise(net: MembraneNetwork, seed: int = 0, k: int | None = None) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, m in net.modules():
+        for _, m in net.named_wrappers():
             sl = slice(None) if k is None else slice(k, k + 1)
             m.lora_up[sl] = (torch.randn(m.lora_up[sl].shape, generator=g) * 0.5).to(m.lora_up.device)
 
@@ -58,7 +58,7 @@ def test_attach_init_and_names():
     assert name in net.module_names
     assert lora_name(name) == "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     assert [n for n, _ in unet.named_modules() if n in set(net.module_names)] == net.module_names
-    for _, m in net.modules():
+    for _, m in net.named_wrappers():
         fan_in = m.lora_down[0].numel() // 2
         assert m.lora_down.abs().max() <= 1 / math.sqrt(fan_in) + 1e-7  # kaiming_uniform(a=sqrt(5)) bound
         assert torch.count_nonzero(m.lora_up) == 0 and float(m.scale[0]) == 1.0  # alpha None -> rank
@@ -122,7 +122,7 @@ def test_membranes_compose_additively(inputs):
     # Small ups keep the UNet near-linear in each membrane so the deltas add up to first order;
     # exactly additive per layer, the check here is that each gate only drives its own membrane.
     with torch.no_grad():
-        for _, m in net.modules():
+        for _, m in net.named_wrappers():
             m.lora_up.mul_(1e-3)
     deltas = []
     for gates in ([1.0, 0.0], [0.0, 1.0], [1.0, 1.0]):
@@ -163,7 +163,7 @@ def test_training_gradients_reach_only_the_membrane(inputs, device):
     net = MembraneNetwork(unet)
     x, t, e = (v.to(device) for v in inputs)
     unet(x, t, e).sample.square().mean().backward()
-    ups = [m.lora_up.grad for _, m in net.modules()]
+    ups = [m.lora_up.grad for _, m in net.named_wrappers()]
     assert all(g is not None for g in ups) and sum(float(g.abs().sum()) for g in ups) > 0
     assert all(p.grad is None for p in unet.parameters() if not p.requires_grad)
 
@@ -223,7 +223,7 @@ def test_hand_written_original_layout_loads(tmp_path, inputs):
     save_file(tensors, str(path), metadata={"prompts": "van gogh", "rank": "1", "alpha": "0.5"})
     net = MembraneNetwork(unet)
     assert net.load(path) == ["van gogh"]
-    assert net.alphas[0] == 0.5 and all(float(m.scale[0]) == 0.5 for _, m in net.modules())
+    assert net.alphas[0] == 0.5 and all(float(m.scale[0]) == 0.5 for _, m in net.named_wrappers())
     out = net.state_dict_for(0)
     assert out.keys() == tensors.keys() and all(torch.equal(out[k], v) for k, v in tensors.items())
     assert not torch.allclose(run(unet, inputs), run(build_tiny_unet(), inputs), atol=1e-3)
@@ -289,7 +289,7 @@ def test_merged_weights_match_the_membrane_and_leave_the_base_untouched(inputs, 
         merged = run(unet, inputs)
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
     wrappers = [unet.get_submodule(path) for path in net.module_names]
-    assert all(w is m for w, (_, m) in zip(wrappers, net.modules(), strict=True))  # back on exit
+    assert all(w is m for w, (_, m) in zip(wrappers, net.named_wrappers(), strict=True))  # back on exit
     net.detach()
     for key, value in unet.state_dict().items():
         assert torch.equal(value, before[key]), key

@@ -32,7 +32,7 @@ def generate(
     batch: bool = True,
 ) -> np.ndarray:
     """spmctl's generation in-process: float images (N, H, W, 3) for prompts[i] with seeds[i]."""
-    from spmctl.sampling.generate import Generator, Job, build_pipeline
+    from spmctl.sampling.generate import ImageSampler, Job, build_pipeline
     from spmctl.sampling.stack import MembraneStack, load_spms
 
     seeds = seeds or list(range(len(prompts)))
@@ -41,7 +41,7 @@ def generate(
     ]
     stack = MembraneStack(model.unet, load_spms([str(p) for p in spm_paths]), compat) if spm_paths else None
     try:
-        gen = Generator(model, build_pipeline(model), steps=STEPS)
+        gen = ImageSampler(model, build_pipeline(model), steps=STEPS)
         gates = torch.as_tensor(gates, dtype=torch.float32).reshape(len(prompts), -1)
         groups = [list(range(len(jobs)))] if batch else [[i] for i in range(len(jobs))]
         out = []

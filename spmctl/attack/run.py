@@ -47,7 +47,7 @@ class Context:
     step_gates: Any
     vocab: Any
     table: torch.Tensor
-    generator: Any
+    sampler: Any
     v_pred: bool
 
     @property
@@ -61,7 +61,7 @@ class Context:
     def images(self, jobs: list[Any], gates: torch.Tensor) -> list[Any]:
         """PIL images of `jobs` (one group: same size and guidance) with these gates."""
         self.set_gates(gates)
-        return [to_pil(im) for im in self.generator(jobs)]
+        return [to_pil(im) for im in self.sampler(jobs)]
 
 
 def plan_items(cfg: AttackConfig, spms: list[Any]) -> list[Item]:
@@ -89,9 +89,9 @@ def plan_items(cfg: AttackConfig, spms: list[Any]) -> list[Item]:
 
 
 def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = False) -> Path:
+    from ..distributed.shard import SampleShard, for_this_rank
     from ..models.loading import load_sd_model
     from ..sampling.stack import MembraneStack, load_spms
-    from ..scale.shard import SampleShard, for_this_rank
     from .report import write_summary
     from .tokens import SlotPrompts
 
@@ -119,14 +119,14 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
 
 
 def build_context(cfg: AttackConfig, model: Any, spms: list[Any], stack: Any) -> Context:
-    from ..sampling.generate import Generator, build_pipeline
+    from ..sampling.generate import ImageSampler, build_pipeline
     from .gates import StepGates
 
     vocab = word_vocab(model.tokenizer)
     table = model.text_encoder.get_input_embeddings().weight.detach()[vocab.ids.to(model.text_encoder.device)]
-    generator = Generator(model, build_pipeline(model, cfg.noise_scheduler, cfg.v_pred), cfg.negative_prompt,
-                          cfg.clip_skip, cfg.steps)
-    return Context(cfg, model, spms, stack, StepGates(cfg, model, spms), vocab, table, generator, cfg.v_pred)
+    sampler = ImageSampler(model, build_pipeline(model, cfg.noise_scheduler, cfg.v_pred), cfg.negative_prompt,
+                           cfg.clip_skip, cfg.steps)
+    return Context(cfg, model, spms, stack, StepGates(cfg, model, spms), vocab, table, sampler, cfg.v_pred)
 
 
 class Attack:

@@ -111,12 +111,12 @@ def _exit(code: int) -> None:
     """Exit; a rank that torchrun started skips the interpreter's teardown.
 
     Such a rank gets here after its work is saved and it has left the process group
-    (spmctl/scale/launch.py). Now and then gloo aborted the process during teardown ("terminate
+    (spmctl/distributed/launch.py). Now and then gloo aborted the process during teardown ("terminate
     called without an active exception", exit -6), and torchrun then reported a finished run as
     failed and killed the other ranks. Nothing of ours runs at exit, so only the streams need flushing.
     """
     if os.environ.get("TORCHELASTIC_RUN_ID"):
-        from ..scale.dist import launched_by_torchrun
+        from ..distributed.dist import launched_by_torchrun
 
         if launched_by_torchrun():
             sys.stdout.flush()

@@ -88,7 +88,7 @@ def attack(
         print_config_table(cfg, origin)
         return
     from ..attack.run import run_attack
-    from ..scale.dist import dist_env
+    from ..distributed.dist import dist_env
 
     out = run_attack(cfg, console=stderr_console(quiet), quiet=quiet)
     if dist_env().is_main:  # under torchrun rank 0 writes the summary: say so once

@@ -117,9 +117,8 @@ def model_cmd(
 
 
 def _weighted(items: list[str]):
-    from ..export.lora import Weighted as Item
-    from ..export.lora import parse_weighted
+    from ..export.lora import Weighted, parse_weighted
     from ..membrane.io import resolve_spm_path
 
     parsed = [parse_weighted(text) for text in items]
-    return [Item(resolve_spm_path(p.path), p.strength) for p in parsed]
+    return [Weighted(resolve_spm_path(p.path), p.strength) for p in parsed]

@@ -98,8 +98,8 @@ def train(
 
         print_config_table(cfg, origin)
         return
-    from ..scale.launch import needs_scale_out, train_scaled
-    from ..scale.sweep import SweepSpec
+    from ..distributed.launch import needs_scale_out, train_scaled
+    from ..distributed.sweep import SweepSpec
 
     spec = SweepSpec(sweep, sweep_template, sweep_names)
     if needs_scale_out(cfg, spec):  # a sweep, --ddp, or one of torchrun's processes

@@ -84,7 +84,9 @@ class MembraneNetwork:
     def module_names(self) -> list[str]:
         return list(self._modules)
 
-    def modules(self) -> Iterator[tuple[str, MembraneModule]]:
+    def named_wrappers(self) -> Iterator[tuple[str, MembraneModule]]:
+        """(module path, wrapper) for each adapted layer; named like `nn.Module.named_modules`, which this
+        class is not (it is a plain object that wraps layers in place)."""
         yield from self._modules.items()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -61,7 +61,7 @@ def build_pipeline(model: SDModel, noise_scheduler: str = "ddim", v_pred: bool =
     return pipe
 
 
-class Generator:
+class ImageSampler:
     """Turns a batch of Jobs (same size and guidance) into float images in [0, 1] (H, W, 3)."""
 
     def __init__(

@@ -13,11 +13,11 @@ from rich.console import Console
 
 from ..config.sample import SampleConfig
 from ..config.train import MAX_SEED
+from ..distributed.shard import SampleShard, for_this_rank
 from ..errors import SpmctlError
 from ..membrane.io import MembraneFile
 from ..providers import PromptRow
-from ..scale.shard import SampleShard, for_this_rank
-from .generate import Generator, Job, build_pipeline
+from .generate import ImageSampler, Job, build_pipeline
 from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
 from .stack import MembraneStack, base_model_of, ft_scaling_for, load_spms, spm_gates
 
@@ -226,7 +226,7 @@ def _sample(
     failed = True
     try:
         pipe = build_pipeline(model, cfg.noise_scheduler, cfg.v_pred)
-        generate = Generator(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
+        generate = ImageSampler(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
         if prompt_embeds is not None:
             generate.prime(prompts, prompt_embeds)
         _generate_all(generate, stack, jobs, records, todo, writer, cfg.batch_size, console, quiet, len(rows))
@@ -269,7 +269,7 @@ def _pending(
 
 
 def _generate_all(
-    generate: Generator,
+    generate: ImageSampler,
     stack: MembraneStack | None,
     jobs: list[Job],
     records: list[dict[str, Any]],

@@ -26,7 +26,7 @@ from .resume import check_resumable, run_settings
 from .signals import EXIT_CODES, QuitNow, deferred_stop
 
 if TYPE_CHECKING:
-    from ..scale.ddp import DataParallel
+    from ..distributed.ddp import DataParallel
 
 
 def slug(text: str) -> str:
@@ -107,7 +107,7 @@ def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool =
                  ddp: DataParallel | None = None, resume_hint: str = "continue with --resume") -> Path:
     """Train; returns the path of `<name>_last.safetensors`.
 
-    `ddp`: this process is one rank of a data-parallel run (spmctl.scale); only rank 0 writes.
+    `ddp`: this process is one rank of a data-parallel run (spmctl.distributed); only rank 0 writes.
     `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
     run = TrainingRun(cfg, console, quiet, ddp, resume_hint)
     failed = True
@@ -341,7 +341,7 @@ class TrainingRun:
 
 
 def _null_logger() -> Any:
-    from ..scale.ddp import NullLogger
+    from ..distributed.ddp import NullLogger
 
     return NullLogger()
 

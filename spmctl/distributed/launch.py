@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError, config_error, error_line
-from . import dist as scale_dist
+from . import dist
 from .sweep import SweepSpec, exit_code, print_summary, run_sweep, sweep_concepts
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
 
 def needs_scale_out(cfg: TrainConfig, spec: SweepSpec | None) -> bool:
     """Whether `spmctl train` goes through here rather than straight to `run_training`."""
-    return bool(spec and spec.given) or cfg.distributed == "ddp" or scale_dist.launched_by_torchrun()
+    return bool(spec and spec.given) or cfg.distributed == "ddp" or dist.launched_by_torchrun()
 
 
 def train_scaled(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool = False) -> int:
@@ -39,12 +39,12 @@ def train_scaled(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool = False) 
     from ..cli.common import stderr_console
 
     spec = spec if spec is not None and spec.given else None
-    if scale_dist.launched_by_torchrun():  # we are one of torchrun's processes: rank 0 reports
-        return _worker(cfg, spec, quiet, scale_dist.dist_env().is_main)
-    devices = scale_dist.listed_devices(cfg.devices)
+    if dist.launched_by_torchrun():  # we are one of torchrun's processes: rank 0 reports
+        return _worker(cfg, spec, quiet, dist.dist_env().is_main)
+    devices = dist.listed_devices(cfg.devices)
     nproc = len(devices)
     if spec is not None and cfg.distributed != "ddp":  # concept-parallel: no idle processes
-        from .manifest import still_to_do
+        from .sweep_state import still_to_do
 
         nproc = min(nproc, len(still_to_do(Path(cfg.output_dir), sweep_concepts(spec, cfg)[1])))
     if nproc <= 1:
@@ -55,8 +55,8 @@ def train_scaled(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool = False) 
     if INTERRUPTED in codes.values():
         print("interrupted: progress is saved; run the same command again to continue", file=sys.stderr)
         return INTERRUPTED
-    if spec is not None:  # the workers wrote the manifest; this process, the one the user sees, reports
-        from .manifest import read_entries
+    if spec is not None:  # the workers wrote the sweep state; this process, the one the user sees, reports
+        from .sweep_state import read_entries
 
         names = sweep_concepts(spec, cfg)[1]
         entries = read_entries(Path(cfg.output_dir))
@@ -109,15 +109,15 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # our launcher ignored it for itself
-    env = scale_dist.dist_env()
-    device = scale_dist.local_device(cfg.devices, env)
+    env = dist.dist_env()
+    device = dist.local_device(cfg.devices, env)
     cfg = cfg.model_copy(update={"devices": device})
     ddp_mode = cfg.distributed == "ddp" and env.distributed
     if env.distributed and device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))  # share the cores
     console = stderr_console(quiet or not env.is_main)
     try:
-        scale_dist.init(device, collectives_on_device=ddp_mode)
+        dist.init(device, collectives_on_device=ddp_mode)
         ddp = DataParallel(env) if ddp_mode else None
         if spec is None:
             if env.distributed and ddp is None:
@@ -126,7 +126,7 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
             run_training(cfg, console=console, quiet=quiet, ddp=ddp)
             # rank 0 still writes the final files: tearing the group down under it made gloo abort
             # the other rank now and then ("terminate called without an active exception")
-            scale_dist.barrier()
+            dist.barrier()
             return 0
         names, entries = run_sweep(cfg, spec, env, console, quiet, ddp)
         if report:
@@ -142,4 +142,4 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
         code = exc.code if isinstance(exc, SystemExit) else 130
         return code if isinstance(code, int) else 1
     finally:
-        scale_dist.shutdown()
+        dist.shutdown()

@@ -137,7 +137,7 @@ def barrier() -> None:
 def from_main(fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 only and hand every rank its result, or make every rank raise its error.
 
-    For decisions that read files (resume state, the sweep manifest): rank 0's disk is the one that
+    For decisions that read files (resume state, the sweep state): rank 0's disk is the one that
     counts, other nodes may not share it, and ranks must never disagree (a rank that raised alone
     would leave the others waiting in the next collective).
     """

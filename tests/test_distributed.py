@@ -20,11 +20,11 @@ import torch
 from conftest import SPMCTL, TINY_TRAIN, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
+from spmctl.distributed import dist
+from spmctl.distributed.sweep import SweepSpec, sweep_concepts
+from spmctl.distributed.sweep_state import SWEEP_FILE, SweepState, part_path, read_entries
 from spmctl.errors import ConfigError
 from spmctl.membrane import load_membrane
-from spmctl.scale import dist as scale_dist
-from spmctl.scale.manifest import SWEEP, SweepManifest, part_path, read_entries
-from spmctl.scale.sweep import SweepSpec, sweep_concepts
 
 CONFIG = {**TINY_TRAIN, "train": {**TINY_TRAIN["train"], "iterations": 6, "max_denoising_steps": 4}}
 
@@ -101,11 +101,11 @@ def test_each_process_gets_its_device(monkeypatch, variables, devices, expected)
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    env = scale_dist.dist_env()
-    assert scale_dist.local_device(devices, env) == expected
+    env = dist.dist_env()
+    assert dist.local_device(devices, env) == expected
     assert env.distributed == bool(variables)
     with pytest.raises(ConfigError, match="not both"):
-        scale_dist.local_device("0,cpu", env)
+        dist.local_device("0,cpu", env)
 
 
 def test_sweep_lists(tmp_path: Path):
@@ -125,31 +125,31 @@ def test_sweep_lists(tmp_path: Path):
             sweep_concepts(spec, cfg)
 
 
-def test_manifest_parts_merge_newest_first(tmp_path: Path):
+def test_sweep_state_parts_merge_newest_first(tmp_path: Path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "a_last.safetensors").write_bytes(b"x")
     meta = {"template": "concept", "order": ["a", "b", "c", "d"]}
     old = {"a": {"status": "running", "updated": 1}, "b": {"status": "done", "output": "b/gone", "updated": 1},
            "c": {"status": "running", "updated": 1}}
-    (tmp_path / SWEEP).write_text(json.dumps({**meta, "concepts": old}))
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({**meta, "concepts": old}))
     part_path(tmp_path, 1).write_text(json.dumps({"concepts": {
         "a": {"status": "done", "output": "a/a_last.safetensors", "updated": 2},
         "c": {"status": "failed", "updated": 0}}}))  # older than sweep.json's entry: loses
     assert read_entries(tmp_path)["a"]["status"] == "done" and read_entries(tmp_path)["c"]["status"] == "running"
-    todo, entries = SweepManifest(tmp_path, 0, meta).plan(["a", "b", "c", "d"], {n: n for n in "abcd"})
+    todo, entries = SweepState(tmp_path, 0, meta).plan(["a", "b", "c", "d"], {n: n for n in "abcd"})
     assert todo == ["b", "c", "d"]  # a is done; b's membrane is gone; c was killed; d is new
     assert [entries[n]["status"] for n in "bcd"] == ["pending", "interrupted", "pending"]
     assert not list(tmp_path.glob("sweep.rank*.json"))  # merged into sweep.json, then removed
-    assert list(json.loads((tmp_path / SWEEP).read_text())["concepts"]) == ["a", "b", "c", "d"]
+    assert list(json.loads((tmp_path / SWEEP_FILE).read_text())["concepts"]) == ["a", "b", "c", "d"]
 
 
 def test_sweep_in_one_process(tmp_path: Path):
-    from spmctl.scale.launch import train_scaled
+    from spmctl.distributed.launch import train_scaled
 
     cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "out"), train={"iterations": 2})
     cfg = load_train_config(cfg_path)[0]
     assert train_scaled(cfg, SweepSpec(names="cat,a red dog"), quiet=True) == 0
-    entries = json.loads((tmp_path / "out" / SWEEP).read_text())["concepts"]
+    entries = json.loads((tmp_path / "out" / SWEEP_FILE).read_text())["concepts"]
     assert {n: e["status"] for n, e in entries.items()} == {"cat": "done", "a red dog": "done"}
     assert load_membrane(tmp_path / "out" / "a_red_dog" / "a_red_dog_last.safetensors").concepts == ["a red dog"]
     # the prompt section still says how: 64 px, as configured
@@ -207,7 +207,7 @@ def test_sweep_over_two_processes_survives_a_kill_and_a_failing_concept(tmp_path
     for line in ("2 of 4 concepts already done", "'Picasso' (1/1 on rank 1), resuming",
                  "unknown style name 'Not_A_Style'", "3 of 4 concepts done, 1 failed"):
         assert line in again.stderr, again.stderr
-    final = json.loads((out / SWEEP).read_text())
+    final = json.loads((out / SWEEP_FILE).read_text())
     assert final["order"] == ["Van_Gogh", "Monet", "Not_A_Style", "Picasso"]
     status = {n: (e["status"], e["attempts"]) for n, e in final["concepts"].items()}
     assert status == {"Van_Gogh": ("done", 1), "Monet": ("done", 1), "Not_A_Style": ("failed", 2),

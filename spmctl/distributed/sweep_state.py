@@ -16,7 +16,7 @@ from typing import Any
 
 from ..fileio import write_text_atomic
 
-SWEEP = "sweep.json"
+SWEEP_FILE = "sweep.json"
 PART_GLOB = "sweep.rank*.json"
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
 
@@ -36,7 +36,7 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
 
 def read_entries(root: Path) -> dict[str, dict[str, Any]]:
     """Every concept's latest entry: `sweep.json`, then the parts (which are never older than it)."""
-    entries = _read(root / SWEEP)
+    entries = _read(root / SWEEP_FILE)
     for part in sorted(root.glob(PART_GLOB)):
         for name, entry in _read(part).items():
             old = entries.get(name)
@@ -59,8 +59,8 @@ def _dump(entries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return json.dumps({**meta, "concepts": entries}, indent=2) + "\n"
 
 
-class SweepManifest:
-    """This rank's view and writer of the sweep's manifest."""
+class SweepState:
+    """This rank's view and writer of the sweep's state (`sweep.json` and its per-rank parts)."""
 
     def __init__(self, root: Path, rank: int, meta: dict[str, Any]) -> None:
         self.root = root
@@ -105,7 +105,7 @@ class SweepManifest:
         order = list(self.meta.get("order", []))
         ordered = {n: entries[n] for n in order if n in entries}
         ordered.update({n: e for n, e in entries.items() if n not in ordered})  # earlier sweeps' concepts
-        write_text_atomic(self.root / SWEEP, _dump(ordered, self.meta))
+        write_text_atomic(self.root / SWEEP_FILE, _dump(ordered, self.meta))
         if remove_parts:
             for part in self.root.glob(PART_GLOB):
                 part.unlink(missing_ok=True)

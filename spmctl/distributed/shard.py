@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from ..fileio import write_text_atomic
 from ..sampling.output import MANIFEST, ManifestWriter, read_manifest, read_records
-from . import dist as scale_dist
+from . import dist
 
 T = TypeVar("T")
 PART_GLOB = "manifest.rank*.jsonl"
@@ -28,8 +28,8 @@ def part_path(folder: Path, rank: int) -> Path:
 
 def for_this_rank(cfg: Any) -> Any:
     """A SampleConfig for this process: under torchrun, 'auto'/'cuda' means cuda:LOCAL_RANK (one GPU each)."""
-    env = scale_dist.dist_env()
-    if env.distributed and cfg.device in ("auto", "cuda") and scale_dist.is_cuda("0"):
+    env = dist.dist_env()
+    if env.distributed and cfg.device in ("auto", "cuda") and dist.is_cuda("0"):
         return cfg.model_copy(update={"device": f"cuda:{env.local_rank}"})
     return cfg
 
@@ -42,14 +42,14 @@ def _part_rank(path: Path) -> int:
 class SampleShard:
     """This process's share of a sampling run and where it records what it made."""
 
-    def __init__(self, folder: Path, env: scale_dist.DistEnv) -> None:
+    def __init__(self, folder: Path, env: dist.DistEnv) -> None:
         self.folder = folder
         self.env = env
 
     @classmethod
     def open(cls, folder: Path) -> SampleShard:
-        env = scale_dist.dist_env()
-        scale_dist.init("cpu", collectives_on_device=False)  # barriers only: gloo, long timeout
+        env = dist.dist_env()
+        dist.init("cpu", collectives_on_device=False)  # barriers only: gloo, long timeout
         return cls(folder, env)
 
     @property
@@ -76,7 +76,7 @@ class SampleShard:
     def close(self, all_names: list[str]) -> None:
         """After every rank is done: rank 0 merges the parts into `manifest.jsonl`; parts go away."""
         try:
-            scale_dist.barrier()
+            dist.barrier()
             if not self.is_main:
                 return
             parts = list(self.folder.glob(PART_GLOB))
@@ -93,7 +93,7 @@ class SampleShard:
             for part in parts:
                 part.unlink(missing_ok=True)
         finally:
-            scale_dist.shutdown()
+            dist.shutdown()
 
 
 class _PartWriter(ManifestWriter):

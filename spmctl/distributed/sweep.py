@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError, config_error, one_line
-from . import dist as scale_dist
-from .manifest import SweepManifest
+from . import dist
+from .sweep_state import SweepState
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -95,7 +95,7 @@ def concept_config(cfg: TrainConfig, template: str, name: str, folder: Path) -> 
     })
 
 
-def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, console: Console, quiet: bool,
+def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: dist.DistEnv, console: Console, quiet: bool,
               ddp: DataParallel | None = None) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """This rank's share of the sweep; returns the concepts and every concept's final entry.
 
@@ -106,8 +106,8 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, consol
     template, names = sweep_concepts(spec, cfg)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    manifest = SweepManifest(root, env.rank, {"template": template, "order": names})
-    todo, entries = scale_dist.from_main(lambda: manifest.plan(names, {n: slug(n) for n in names}))
+    state = SweepState(root, env.rank, {"template": template, "order": names})
+    todo, entries = dist.from_main(lambda: state.plan(names, {n: slug(n) for n in names}))
     mine = todo if ddp is not None else todo[env.rank::env.world_size]
     records = ddp is None or ddp.is_main
     skipped = len(names) - len(todo)
@@ -120,7 +120,7 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, consol
         _say(env, ddp, console, quiet, f"sweep: {name!r} ({i}/{len(mine)}"
              f"{f' on rank {env.rank}' if env.distributed and ddp is None else ''})"
              f"{', resuming' if concept_cfg.resume else ''} -> {folder}")
-        record = manifest.update if records else _no_record
+        record = state.update if records else _no_record
         started = time.perf_counter()
         entry = record(name, entry, status="running", attempts=int(entry.get("attempts", 0)) + 1,
                        started_at=_now(), error=None, finished_at=None)
@@ -138,15 +138,15 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: scale_dist.DistEnv, consol
             raise
         record(name, entry, status="done", output=path.relative_to(root).as_posix(), finished_at=_now(),
                seconds=round(time.perf_counter() - started, 3))
-    scale_dist.barrier()  # every rank's part is final: rank 0 merges them
-    return names, scale_dist.from_main(manifest.finish)
+    dist.barrier()  # every rank's part is final: rank 0 merges them
+    return names, dist.from_main(state.finish)
 
 
 def _no_record(name: str, entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return entry  # DDP ranks other than 0: rank 0 keeps the record
 
 
-def _say(env: scale_dist.DistEnv, ddp: DataParallel | None, console: Console, quiet: bool, text: str) -> None:
+def _say(env: dist.DistEnv, ddp: DataParallel | None, console: Console, quiet: bool, text: str) -> None:
     # ranks other than 0 train without a progress bar (bars of several processes would garble the
     # terminal), so their one line per concept goes straight to stderr
     if env.is_main:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from . import dist as scale_dist
+from .dist import DistEnv, from_main
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ AVERAGED_TERMS = ("erase_loss", "anchor_loss", "loss")
 
 
 class DataParallel:
-    def __init__(self, env: scale_dist.DistEnv) -> None:
+    def __init__(self, env: DistEnv) -> None:
         self.rank = env.rank
         self.world_size = env.world_size
 
@@ -37,7 +37,7 @@ class DataParallel:
         return self.rank, self.world_size
 
     def from_main(self, fn: Callable[[], T]) -> T:
-        return scale_dist.from_main(fn)
+        return from_main(fn)
 
     def broadcast_(self, params: Sequence[torch.Tensor]) -> None:
         """Give every rank rank 0's values (one flat buffer: one collective, not one per module)."""
