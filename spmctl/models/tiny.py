@@ -95,7 +95,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-def _tiny_words() -> list[str]:
+def tiny_words() -> list[str]:
+    """The tiny vocabulary's whole words (the tiny T5 tokenizer uses them too), longest first."""
     words: set[str] = set(_COMMON_WORDS)
     names = data_file("names.json")
     for group in json.loads(names.read_text()).values():
@@ -114,7 +115,7 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
         vocab.setdefault(tok, len(vocab))
     merges: list[str] = []
     seen: set[str] = set()
-    for word in _tiny_words():
+    for word in tiny_words():
         parts = list(word[:-1]) + [word[-1] + "</w>"]
         while len(parts) > 1:  # merge left to right until the word is one token
             pair = f"{parts[0]} {parts[1]}"
@@ -153,18 +154,26 @@ def build_tiny_vae(seed: int = 0):
     return AutoencoderKL(**VAE_CONFIG).eval()
 
 
-def build_tiny_text_encoder(seed: int = 0):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip_config(**overrides: Any):
+    """A CLIPTextConfig over the tiny tokenizer's vocabulary (TEXT_CONFIG, with `overrides`):
+    the other families' tiny CLIP encoders (e.g. a wider CLIP-G) differ only in sizes."""
+    from transformers import CLIPTextConfig
 
     vocab, _ = tiny_vocab_and_merges()
-    config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=len(vocab),
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
-        **TEXT_CONFIG,
+        **{**TEXT_CONFIG, **overrides},
     )
+
+
+def build_tiny_text_encoder(seed: int = 0):
+    import torch
+    from transformers import CLIPTextModel
+
+    config = tiny_clip_config()
     torch.manual_seed(seed + 2)
     return CLIPTextModel(config).eval()
 
