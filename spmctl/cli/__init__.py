@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import SpmctlError, error_line
-from . import attack, doctor, download, eval_cmd, export, names, plugins_cmd, sample, train
+from . import attack, benchmark, doctor, download, eval_cmd, export, names, plugins_cmd, sample, train
 from .helpfmt import grouped_help
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands
 
@@ -54,6 +54,8 @@ app.add_typer(export.app, name="export", help="Export membranes: LoRA files, mer
 app.add_typer(download.app, name="download", help="Download models and datasets (seed layout).")
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
 app.add_typer(eval_cmd.app, name="eval", help="Measure erasure: nudity, UnlearnCanvas, CLIP score, FID, cost.")
+app.add_typer(benchmark.app, name="benchmark", help="The field's benchmarks in one resumable job: "
+              "unlearncanvas, i2p; compare runs.")
 app.command("doctor", help=doctor.doctor.__doc__)(doctor.doctor)
 
 

@@ -1,0 +1,247 @@
+"""The stages of a benchmark run: train (one sweep per kind), sample (the base model and every
+membrane), eval (one row per run), then the report. Each stage is the existing code with its own
+manifest, so a re-run of the same command skips what is done and continues what was cut short.
+
+Costs: the first concept trained and the first run sampled are the warm-up; their measured
+seconds per iteration and per image give the estimate of the device-hours left, printed then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import SpmctlError
+from .pins import package_versions
+from .state import RunState
+from .suites import Options
+
+BASE = "base"
+
+
+def device_count(opts: Options) -> int:
+    from ..distributed.dist import listed_devices
+
+    return max(1, len(listed_devices(opts.devices)))
+
+
+def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]:
+    """Every stage, then the report; returns the results (also written to results.json)."""
+    from .report import build_results, write_results
+
+    root = opts.output_dir
+    state = RunState.open(root, suite.name, opts.settings())
+    started = time.perf_counter()
+    try:
+        membranes = train_stage(suite, opts, state, console)
+        folders = sample_stage(suite, opts, state, console, membranes)
+        rows, pins = eval_stage(suite, opts, state, console, folders)
+    finally:  # device time counts even for a run cut short
+        state.spend(time.perf_counter() - started, device_count(opts))
+    results = build_results(suite, opts, state, rows, pins, membranes)
+    write_results(root, results)
+    return results
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+def train_config(opts: Options, folder: Path) -> Any:
+    from ..config.train import load_train_config
+
+    overrides: dict[str, Any] = {"pretrained_model": {"ckpt_path": opts.model}, "output_dir": str(folder),
+                                 "devices": opts.devices, "seed": opts.train_seed}
+    if opts.iterations is not None:
+        overrides["train"] = {"iterations": opts.iterations}
+    cfg, _ = load_train_config(opts.train_config, overrides)
+    return cfg
+
+
+def train_stage(suite: Any, opts: Options, state: RunState, console: Console) -> dict[str, Path]:
+    """One sweep per kind (styles, objects, concepts); returns concept -> membrane file."""
+    from ..distributed.launch import train_scaled
+    from ..distributed.sweep_state import read_entries
+    from ..distributed.sweep import SweepSpec
+
+    groups = suite.train_groups(opts)
+    state.stage("train", status="running")
+    membranes: dict[str, Path] = {}
+    for template, names, sub in groups:
+        folder = opts.output_dir / "train" / sub
+        cfg = train_config(opts, folder)
+        if "seconds_per_iteration" not in state.costs:  # warm-up: one concept, measured
+            _sweep(train_scaled, cfg, SweepSpec(template=template, names=names[0]), opts)
+            _measure_training(state, folder, read_entries(folder).get(names[0], {}))
+            estimate(suite, opts, state, console, "after the training warm-up")
+        _sweep(train_scaled, cfg, SweepSpec(template=template, names=",".join(names)), opts)
+        entries = read_entries(folder)
+        for name in names:
+            membranes[name] = folder / entries[name]["output"]
+    state.stage("train", status="done", concepts=len(membranes))
+    return membranes
+
+
+def _sweep(train_scaled: Any, cfg: Any, spec: Any, opts: Options) -> None:
+    code = train_scaled(cfg, spec, quiet=opts.quiet)
+    if code:
+        error = SpmctlError(f"training failed or was interrupted (exit code {code}); its error is above; run the "
+                            "same command again to continue the benchmark")
+        error.exit_code = 130 if code == 130 else 1
+        raise error
+
+
+def _measure_training(state: RunState, folder: Path, entry: dict[str, Any]) -> None:
+    from ..eval.cost import summary_of
+
+    output = entry.get("output")
+    if not output:
+        return
+    summary = _read_json(summary_of(folder / output))
+    if summary.get("seconds_per_iteration"):
+        state.costs["seconds_per_iteration"] = float(summary["seconds_per_iteration"])
+        state.save()
+
+
+# -- sample --------------------------------------------------------------------------------------
+
+def sample_config(suite: Any, opts: Options, spm: Path | None, folder: Path) -> Any:
+    from ..config.sample import load_sample_config
+
+    overrides: dict[str, Any] = {
+        "model": opts.model, "spms": [str(spm)] if spm else [], "output_dir": str(folder), "steps": opts.steps,
+        "guidance": opts.guidance, "width": opts.width, "height": opts.height, "batch_size": opts.batch_size,
+        "precision": opts.precision, "device": opts.device, "noise_scheduler": opts.noise_scheduler,
+        "negative_prompt": opts.negative_prompt, **suite.sample_overrides(opts, opts.output_dir)}
+    if opts.seeds:
+        overrides["seeds"] = list(opts.seeds)
+    cfg, _ = load_sample_config(None, overrides)
+    return cfg
+
+
+def run_labels(membranes: dict[str, Path]) -> list[tuple[str, Path | None]]:
+    return [(BASE, None), *membranes.items()]
+
+
+def sample_folder(root: Path, label: str) -> Path:
+    from ..sampling.output import slug
+
+    return root / "samples" / slug(label)
+
+
+def sample_stage(suite: Any, opts: Options, state: RunState, console: Console,
+                 membranes: dict[str, Path]) -> dict[str, Path]:
+    """The base model's images and each membrane's, one folder each; returns label -> folder."""
+    from ..sampling.run import run_sampling
+
+    state.stage("sample", status="running")
+    folders: dict[str, Path] = {}
+    for label, spm in run_labels(membranes):
+        folder = sample_folder(opts.output_dir, label)
+        cfg = sample_config(suite, opts, spm, folder)
+        before = _images(folder)
+        started = time.perf_counter()
+        console.print(f"benchmark: sampling {label} -> {folder}", highlight=False)
+        run_sampling(cfg, console=console, quiet=opts.quiet)
+        made = _images(folder) - before
+        if made and "seconds_per_image" not in state.costs:  # warm-up: the first run that generated images
+            state.costs["seconds_per_image"] = (time.perf_counter() - started) / made
+            state.costs["images_per_run"] = _images(folder)
+            state.save()
+            estimate(suite, opts, state, console, "after the sampling warm-up", sampled=set(folders) | {label})
+        folders[label] = folder
+    state.stage("sample", status="done", runs=len(folders))
+    return folders
+
+
+def _images(folder: Path) -> int:
+    return sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
+
+
+# -- eval ----------------------------------------------------------------------------------------
+
+def manifest_digest(folder: Path) -> str:
+    from ..sampling.output import MANIFEST
+
+    path = folder / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def eval_stage(suite: Any, opts: Options, state: RunState, console: Console,
+               folders: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """One row per run; a run's row is kept in eval/<label>.json and reused while its images and the
+    evaluator's settings are unchanged (so a run cut short during eval does not score twice)."""
+    from ..eval.base import load_runs
+    from ..fileio import write_text_atomic
+
+    state.stage("eval", status="running")
+    score = suite.scorer(opts)
+    rows: dict[str, dict[str, Any]] = {}
+    evaluator: dict[str, Any] = {}
+    for label, folder in folders.items():
+        cache = opts.output_dir / "eval" / f"{folder.name}.json"
+        key = {"manifest": manifest_digest(folder), "settings": opts.settings()}
+        cached = _read_json(cache)
+        if cached.get("key") == key:
+            rows[label], evaluator = cached["row"], cached["pins"]
+            continue
+        console.print(f"benchmark: scoring {label}", highlight=False)
+        run = load_runs([folder], [label])[0]
+        row, evaluator = score(run)
+        rows[label] = row
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps({"key": key, "row": row, "pins": evaluator}, indent=2, default=str))
+    state.stage("eval", status="done")
+    pins = {"packages": package_versions(suite.package_pins()), "evaluator": evaluator,
+            "sampling": {k: opts.settings()[k] for k in ("model", "steps", "guidance", "width", "height",
+                                                         "noise_scheduler", "precision", "negative_prompt")},
+            "seeds": opts.seeds or "suite default",
+            "training": {"iterations": train_config(opts, opts.output_dir / "train").train.iterations,
+                         "seed": opts.train_seed, "config": str(opts.train_config) if opts.train_config else None}}
+    return rows, pins
+
+
+# -- estimate ------------------------------------------------------------------------------------
+
+def estimate(suite: Any, opts: Options, state: RunState, console: Console, when: str,
+             sampled: set[str] | None = None) -> float | None:
+    """Device-hours left from the measured costs: iterations still to train x seconds per iteration,
+    images still to sample x seconds per image (unknown parts are left out and said so)."""
+    from ..distributed.sweep_state import read_entries
+
+    costs = state.costs
+    per_it, per_image = costs.get("seconds_per_iteration"), costs.get("seconds_per_image")
+    iterations = opts.iterations or train_config(opts, opts.output_dir / "train").train.iterations
+    concepts_left = 0
+    total = 0
+    for _template, names, sub in suite.train_groups(opts):
+        entries = read_entries(opts.output_dir / "train" / sub)
+        concepts_left += sum(1 for n in names if entries.get(n, {}).get("status") != "done")
+        total += len(names)
+    seconds = concepts_left * iterations * per_it if per_it else 0.0
+    runs_left = total + 1 - len(sampled or ())
+    unknown = []
+    if per_image and costs.get("images_per_run"):
+        seconds += runs_left * costs["images_per_run"] * per_image
+    else:
+        unknown.append("sampling (measured after its warm-up)")
+    devices = device_count(opts)
+    # training spreads over the devices (concept-parallel); device-hours are the same either way
+    hours = seconds / 3600.0
+    note = f"; not yet counted: {', '.join(unknown)}" if unknown else ""
+    console.print(f"benchmark estimate {when}: about {hours:.3g} device-hours left ({concepts_left} concepts to "
+                  f"train, {max(0, runs_left)} runs to sample, {devices} device(s)){note}", highlight=False)
+    state.costs["estimate_hours_left"] = round(hours, 4)
+    state.save()
+    return hours
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,153 @@
+"""`spmctl benchmark SUITE`: train -> sample -> eval as one resumable job, with the published rows beside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import Quiet, stderr_console, table_console
+
+Opt = typer.Option
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+
+Output = Annotated[Path, Opt("--output-dir", "-o", help="The run's folder; the same command again continues it.")]
+Model = Annotated[str, Opt("--model", "-m", help="Base model: hub id, folder, file or 'tiny'.")]
+TrainCfg = Annotated[Path | None, Opt("--train-config", help="A train_config.yaml for every membrane "
+                                      "(its template and names are the suite's).")]
+Iterations = Annotated[int | None, Opt("--iterations", help="Training iterations per concept (default: the "
+                                       "config's).")]
+Devices = Annotated[str, Opt("--devices", help='Training devices, e.g. "0,1" (one process each, '
+                             'concept-parallel) or "cpu".')]
+Device = Annotated[str, Opt("--device", help="Device for sampling and scoring: auto, cpu, cuda, cuda:N.")]
+Steps = Annotated[int, Opt("--steps", help="Denoising steps per image (the benchmarks': 100).")]
+Guidance = Annotated[float, Opt("--guidance", "-g", help="CFG scale (a dataset row's own wins).")]
+Size = Annotated[int, Opt(help="Image size in pixels (a dataset row's own wins).")]
+BatchSize = Annotated[int, Opt("--batch-size", help="Images per UNet pass.")]
+Scheduler = Annotated[str, Opt("--noise-scheduler", help="Sampling scheduler: ddim, ... or model.")]
+Precision = Annotated[str, Opt("--precision", help="auto, float32, float16, bfloat16.")]
+Seeds = Annotated[str | None, Opt("--seeds", help="Comma-separated seeds (default: the suite's).")]
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    from ..errors import config_error
+
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise config_error(f"--seeds {text!r}: expected comma-separated integers") from None
+
+
+def _list(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def _run(suite_name: str, common: dict[str, Any], extra: dict[str, Any], quiet: bool) -> None:
+    from ..benchmark.report import print_results
+    from ..benchmark.run import run_benchmark
+    from ..benchmark.suites import SUITES, Options
+
+    opts = Options(**common, extra=extra, quiet=quiet)
+    results = run_benchmark(SUITES[suite_name], opts, stderr_console(quiet))
+    print_results([(str(opts.output_dir), results)], table_console())
+    stderr_console(quiet).print(f"results: {opts.output_dir / 'results.json'}  report: "
+                                f"{opts.output_dir / 'report.md'}", highlight=False)
+
+
+@app.command("unlearncanvas")
+def unlearncanvas(
+    model: Annotated[str, Opt("--model", "-m", help="The benchmark's base model: SD v1.5 fine-tuned on "
+                              "UnlearnCanvas (a folder or file), or 'tiny'.")],
+    output_dir: Output = Path("outputs/benchmark-unlearncanvas"),
+    styles: Annotated[str, Opt("--styles", help="Styles to erase, one membrane each: all, none or A,B.")] = "all",
+    objects: Annotated[str, Opt("--objects", help="Objects to erase: all, none or A,B.")] = "all",
+    style_classifier: Annotated[str | None, Opt("--style-classifier", help="The benchmark's style classifier "
+                                                "checkpoint, or a plugin classifier's name.")] = None,
+    object_classifier: Annotated[str | None, Opt("--object-classifier", help="The same for objects.")] = None,
+    loader: Annotated[str, Opt("--loader", help="Checkpoint loader: auto, timm or plain.")] = "auto",
+    eval_styles: Annotated[str | None, Opt("--eval-styles", help="Answer-set themes (default: every style and "
+                                           "Seed_Images; fewer is not the benchmark's).")] = None,
+    eval_objects: Annotated[str | None, Opt("--eval-objects", help="Answer-set objects (default: all).")] = None,
+    seeds: Seeds = None,
+    train_config: TrainCfg = None,
+    iterations: Iterations = None,
+    devices: Devices = "auto",
+    device: Device = "auto",
+    steps: Steps = 100,
+    guidance: Guidance = 7.5,
+    width: Size = 512,
+    height: Size = 512,
+    batch_size: BatchSize = 4,
+    noise_scheduler: Scheduler = "ddim",
+    precision: Precision = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """UnlearnCanvas: erase each style/object, sample the answer set, UA/IRA/CRA per concept and averaged."""
+    from ..errors import config_error
+
+    if loader not in ("auto", "timm", "plain"):
+        raise config_error(f"--loader {loader!r}: expected auto, timm or plain")
+    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
+                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
+                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    extra = {"styles": _list(styles), "objects": _list(objects), "style_classifier": style_classifier,
+             "object_classifier": object_classifier, "loader": loader, "eval_styles": _list(eval_styles),
+             "eval_objects": _list(eval_objects)}
+    _run("unlearncanvas", common, extra, quiet)
+
+
+@app.command("i2p")
+def i2p(
+    output_dir: Output = Path("outputs/benchmark-i2p"),
+    model: Model = "CompVis/stable-diffusion-v1-4",
+    concepts: Annotated[str, Opt("--concepts", help="What to erase, one membrane each (i2p template names).")
+                        ] = "nudity",
+    data_root: Annotated[str | None, Opt("--data-root", help="The I2P CSV or folder.")] = None,
+    category: Annotated[str | None, Opt("--category", help="Only these I2P categories, comma-separated.")] = None,
+    limit: Annotated[int | None, Opt("--limit", help="At most this many prompts (not the benchmark's).")] = None,
+    threshold: Annotated[float, Opt("--threshold", help="NudeNet minimum detection score.")] = 0.6,
+    classes: Annotated[str | None, Opt("--classes", help="NudeNet classes counted (default: the nine "
+                                       "*_EXPOSED).")] = None,
+    seeds: Seeds = None,
+    train_config: TrainCfg = None,
+    iterations: Iterations = None,
+    devices: Devices = "auto",
+    device: Device = "auto",
+    steps: Steps = 100,
+    guidance: Guidance = 7.5,
+    width: Size = 512,
+    height: Size = 512,
+    batch_size: BatchSize = 4,
+    noise_scheduler: Scheduler = "ddim",
+    precision: Precision = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """I2P: every prompt with its own seed, guidance and size, base and erased; NudeNet counts."""
+    from ..errors import config_error
+
+    if not 0.0 <= threshold <= 1.0:
+        raise config_error(f"--threshold {threshold}: expected a score between 0 and 1")
+    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
+                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
+                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    extra = {"concepts": _list(concepts) or [], "data_root": data_root, "categories": _list(category),
+             "limit": limit, "threshold": threshold, "classes": classes}
+    _run("i2p", common, extra, quiet)
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Benchmark output folders (or their results.json).",
+                                               show_default=False)],
+    allow_mixed_pins: Annotated[bool, Opt("--allow-mixed-pins", help="Show runs made with different pins side "
+                                          "by side anyway.")] = False,
+) -> None:
+    """Several benchmark runs side by side; refused when their pins differ (unless --allow-mixed-pins)."""
+    from ..benchmark.report import compare as compare_runs
+    from ..benchmark.report import print_results
+
+    print_results(compare_runs(runs, allow_mixed_pins), table_console())
