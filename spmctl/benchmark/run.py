@@ -64,8 +64,8 @@ def train_config(opts: Options, folder: Path) -> Any:
 def train_stage(suite: Any, opts: Options, state: RunState, console: Console) -> dict[str, Path]:
     """One sweep per kind (styles, objects, concepts); returns concept -> membrane file."""
     from ..distributed.launch import train_scaled
-    from ..distributed.sweep_state import read_entries
     from ..distributed.sweep import SweepSpec
+    from ..distributed.sweep_state import read_entries
 
     groups = suite.train_groups(opts)
     state.stage("train", status="running")
