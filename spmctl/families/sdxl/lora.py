@@ -25,34 +25,56 @@ from ...membrane.network import LORA_PREFIX
 
 KOHYA_SDXL_METADATA = {"ss_base_model_version": "sdxl_base_v1-0"}  # what kohya writes for SDXL
 
-_PATTERNS = (
-    (re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$"), "input"),
-    (re.compile(r"^mid_block\.attentions\.0\.(.+)$"), "middle"),
-    (re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$"), "output"),
+_PATTERNS = (  # `.` in module paths, `_` in lora names
+    (re.compile(r"^down_blocks[._](\d+)[._]attentions[._](\d+)[._](.+)$"), "input"),
+    (re.compile(r"^mid_block[._]attentions[._]0[._](.+)$"), "middle"),
+    (re.compile(r"^up_blocks[._](\d+)[._]attentions[._](\d+)[._](.+)$"), "output"),
 )
 
 
-def sgm_path(module_path: str, layers_per_block: int) -> str:
-    """The sgm/LDM path of a diffusers module path inside one of the UNet's transformer blocks."""
+def sgm_path(module_path: str, layers_per_block: int, sep: str = ".") -> str:
+    """The sgm/LDM path of a diffusers module path inside one of the UNet's transformer blocks
+    (`sep`: the separator of both, "." for module paths, "_" for lora names without their prefix)."""
     per_level = layers_per_block + 1
     for pattern, kind in _PATTERNS:
         m = pattern.match(module_path)
         if not m:
             continue
         if kind == "middle":
-            return f"middle_block.1.{m.group(1)}"
+            return sep.join(("middle_block", "1", m.group(1)))
         level, layer, rest = int(m.group(1)), int(m.group(2)), m.group(3)
         index = 1 + level * per_level + layer if kind == "input" else level * per_level + layer
-        return f"{kind}_blocks.{index}.1.{rest}"
+        return sep.join((f"{kind}_blocks", str(index), "1", rest))
     raise SpmctlError(f"module {module_path!r} is not inside an SDXL UNet attention block")
 
 
 def kohya_names(module_paths: Iterable[str], layers_per_block: int) -> dict[str, str]:
     """spmctl lora name (diffusers path) -> kohya SDXL lora name, for every adapted module."""
-    if not isinstance(layers_per_block, int):
-        raise SpmctlError(f"kohya's SDXL layout needs one layers_per_block for every level, got {layers_per_block!r}")
     return {LORA_PREFIX + p.replace(".", "_"): LORA_PREFIX + sgm_path(p, layers_per_block).replace(".", "_")
             for p in module_paths}
+
+
+def layers_per_block_of(names: Iterable[str]) -> int:
+    """The UNet's layers_per_block, read off the membrane's own module names: an up level holds
+    layers_per_block + 1 attention blocks (a down level one fewer), and every one carries membranes."""
+    up, down = [], []
+    for name in names:
+        m = re.match(r"^(up|down)_blocks_\d+_attentions_(\d+)_", name.removeprefix(LORA_PREFIX))
+        if m:
+            (up if m.group(1) == "up" else down).append(int(m.group(2)))
+    if up:
+        return max(up)
+    if down:
+        return max(down) + 1
+    raise SpmctlError("no SDXL down or up attention block among the membrane's modules")
+
+
+def to_kohya(tensors: dict) -> dict:
+    """A membrane's tensors (keys `lora_unet_<diffusers path>.<suffix>`) under kohya's SDXL names."""
+    modules = {key.partition(".")[0] for key in tensors}
+    per_block = layers_per_block_of(modules)
+    names = {m: LORA_PREFIX + sgm_path(m.removeprefix(LORA_PREFIX), per_block, "_") for m in modules}
+    return rename(tensors, names)
 
 
 def rename(tensors: dict, names: dict[str, str]) -> dict:

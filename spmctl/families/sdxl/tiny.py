@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...models.tiny import SCHEDULER_CONFIG, TEXT_CONFIG, VAE_CONFIG, build_tiny_tokenizer, tiny_vocab_and_merges
+from ...models.tiny import SCHEDULER_CONFIG, TEXT_CONFIG, VAE_CONFIG, build_tiny_tokenizer, tiny_clip_config
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so the CLI starts fast
     from diffusers import StableDiffusionXLPipeline
@@ -49,13 +49,21 @@ UNET_CONFIG: dict[str, Any] = {
     "projection_class_embeddings_input_dim": TEXT_CONFIG_2["projection_dim"] + TIME_IDS * ADDITION_TIME_EMBED_DIM,
 }
 
+# SDXL reads text mainly through cross-attention; the pooled embedding is a global nudge through the
+# time embedding. At random init the tiny UNet's pooled path would outweigh its cross-attention
+# several times over (membranes, on the cross-attention side, could then hardly move a prediction),
+# so encoder 2's projection starts this much smaller.
+POOLED_SCALE = 0.1
+
 VAE_SCALING_FACTOR = 0.13025  # SDXL's VAE latent scale (SD 1.x: 0.18215)
 
-# SDXL ships an Euler scheduler on the SD 1.x noise schedule with "leading" spacing
+# SDXL ships an Euler scheduler on the SD 1.x noise schedule with "leading" spacing; its config also
+# carries DDIM's keys (clip_sample, set_alpha_to_one off), which training's DDIM is built from
 SCHEDULER_CONFIG_XL: dict[str, Any] = {
-    **{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+    **SCHEDULER_CONFIG,
     "timestep_spacing": "leading",
     "interpolation_type": "linear",
+    "skip_prk_steps": True,
 }
 
 
@@ -79,28 +87,17 @@ def build_tiny_sdxl_vae(seed: int = 0):
     return AutoencoderKL(**{**VAE_CONFIG, "scaling_factor": VAE_SCALING_FACTOR}).eval()
 
 
-def _text_config(config: dict[str, Any]):
-    from transformers import CLIPTextConfig
-
-    vocab, _ = tiny_vocab_and_merges()
-    return CLIPTextConfig(
-        vocab_size=len(vocab),
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-        **config,
-    )
-
-
 def build_tiny_sdxl_text_encoders(seed: int = 0):
     """(CLIPTextModel, CLIPTextModelWithProjection), each from its own seed."""
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed + 2)
-    first = CLIPTextModel(_text_config(TEXT_CONFIG)).eval()
+    first = CLIPTextModel(tiny_clip_config()).eval()
     torch.manual_seed(seed + 3)
-    second = CLIPTextModelWithProjection(_text_config(TEXT_CONFIG_2)).eval()
+    second = CLIPTextModelWithProjection(tiny_clip_config(**TEXT_CONFIG_2)).eval()
+    with torch.no_grad():  # see POOLED_SCALE
+        second.text_projection.weight.mul_(POOLED_SCALE)
     return first, second
 
 
@@ -114,7 +111,7 @@ def build_tiny_sdxl_tokenizers():
 def build_tiny_sdxl_scheduler():
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(**SCHEDULER_CONFIG_XL)
+    return EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG_XL)  # keeps the DDIM keys it does not use
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
