@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spmctl.families.sdxl.lora import kohya_names, rename, sgm_path
+from spmctl.families.sdxl.lora import layers_per_block_of, sgm_path, to_kohya
 from spmctl.families.sdxl.text import encode_xl, time_ids
 from spmctl.families.sdxl.tiny import build_tiny_sdxl_pipeline, build_tiny_sdxl_unet, save_tiny_sdxl_pipeline
 from spmctl.membrane import MembraneNetwork
@@ -72,7 +72,7 @@ def test_membranes_sit_on_every_linear_of_the_transformer_blocks_only(pipe):
         assert len(names) == 4 * 2 + 8 * 10
         assert all(".attentions." in n for n in names)
         assert not any(n.startswith(("add_embedding", "time_embedding")) or ".resnets." in n for n in names)
-        assert all(m.is_conv is False for _, m in net.modules())  # SDXL: linear proj_in/proj_out
+        assert all(m.is_conv is False for _, m in net.named_wrappers())  # SDXL: linear proj_in/proj_out
     finally:
         net.detach()
 
@@ -86,6 +86,9 @@ def test_sgm_block_arithmetic_of_real_sdxl():
         "middle_block.1.transformer_blocks.0.ff.net.2")
     assert sgm_path("up_blocks.0.attentions.2.proj_out", 2) == "output_blocks.2.1.proj_out"
     assert sgm_path("up_blocks.1.attentions.0.proj_out", 2) == "output_blocks.3.1.proj_out"
+    # a membrane file's names tell the layers per block: up levels hold one attention block more
+    names = [f"lora_unet_up_blocks_{b}_attentions_{j}_proj_in" for b in (0, 1) for j in range(3)]
+    assert layers_per_block_of(names + ["lora_unet_down_blocks_1_attentions_1_proj_in"]) == 2
 
 
 def test_kohya_sdxl_layout_loads_in_diffusers_with_the_same_effect(pipe, tmp_path: Path):
@@ -93,12 +96,12 @@ def test_kohya_sdxl_layout_loads_in_diffusers_with_the_same_effect(pipe, tmp_pat
 
     net = MembraneNetwork(pipe.unet, rank=2, alpha=1.0)
     gen = torch.Generator().manual_seed(5)
-    for _, m in net.modules():
+    for _, m in net.named_wrappers():
         m.lora_up.data.copy_(torch.randn(m.lora_up.shape, generator=gen) * 0.5)
     strength = 0.7
     with net.gated(strength):
         ours = _image(pipe)
-    tensors = rename(net.state_dict_for(0), kohya_names(net.module_names, pipe.unet.config.layers_per_block))
+    tensors = to_kohya(net.state_dict_for(0))
     net.detach()
     base = _image(pipe)
     assert all(k.startswith(("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks"))
