@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import SPMCTL, TESTS, run_spmctl, write_train_config
+from conftest import TESTS, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
 from spmctl.errors import SpmctlError
@@ -95,45 +96,58 @@ def test_seed_config_with_a_style_template_trains_on_that_style(tmp_path: Path):
             for s in settings] == [("Van Gogh", "Van Gogh", "", "erase_with_la", 1000, 4)]
 
 
-def _wait_for_step(log: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if log.exists() and sum(1 for _ in log.open()) >= step:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
+# The child stops itself right after logging step 6, with a real signal: where a test process
+# watched the log and signalled from outside, a loaded machine let the 16 tiny steps finish (or the
+# signal land during the final save) before the signal arrived.
+STOP_AT_STEP_6 = """
+import os, signal, sys
+from spmctl.training import run
+log = run._Logger.log
+how = getattr(signal, sys.argv.pop(1))
+def log_then_stop(self, record):
+    log(self, record)
+    if record["step"] == 6:
+        os.kill(os.getpid(), how)
+run._Logger.log = log_then_stop
+sys.argv[0] = "spmctl"
+from spmctl.cli import main
+main()
+"""
+INTERRUPTED = {"save__per_steps": 4, "train__iterations": 16, "train__lr_scheduler": "cosine",
+               "train__lr_warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The membrane of the run the interrupted ones must resume to, trained once for all three."""
+    tmp = tmp_path_factory.mktemp("whole")
+    cfg, _ = load_train_config(write_config(tmp / "whole.yaml", output_dir=str(tmp / "whole"), **INTERRUPTED))
+    return load_membrane(run_training(cfg, quiet=True)).tensors
 
 
 @pytest.mark.parametrize("stop", ["kill", "ctrl-c", "sigterm"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str):
-    whole = write_config(tmp_path / "whole.yaml", output_dir=str(tmp_path / "whole"), save__per_steps=4,
-                         train__iterations=16, train__lr_scheduler="cosine", train__lr_warmup_steps=2)
-    cfg, _ = load_train_config(whole)
-    reference = load_membrane(run_training(cfg, quiet=True)).tensors
-
-    cut = write_config(tmp_path / "cut.yaml", output_dir=str(tmp_path / "cut"), save__per_steps=4,
-                       train__iterations=16, train__lr_scheduler="cosine", train__lr_warmup_steps=2)
-    proc = subprocess.Popen([str(SPMCTL), "train", "-c", str(cut), "--quiet"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _wait_for_step(tmp_path / "cut" / "cat_log.jsonl", 6, proc)
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str, uninterrupted):
+    reference = uninterrupted
+    cut = write_config(tmp_path / "cut.yaml", output_dir=str(tmp_path / "cut"), **INTERRUPTED)
+    how = {"kill": "SIGKILL", "ctrl-c": "SIGINT", "sigterm": "SIGTERM"}[stop]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
+    proc = subprocess.run([sys.executable, "-c", STOP_AT_STEP_6, how, "train", "-c", str(cut), "--quiet"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    err = proc.stderr
     if stop == "kill":
-        proc.kill()
+        assert proc.returncode == -signal.SIGKILL, err
     else:  # what a job scheduler sends before it kills is handled like Ctrl-C
-        proc.send_signal(signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if stop != "kill":
         assert proc.returncode == (130 if stop == "ctrl-c" else 143), err
         what = "interrupted" if stop == "ctrl-c" else "terminated (SIGTERM)"
-        assert err.strip().startswith(f"{what} at step ") and ": saved; continue with --resume" in err, err
+        assert err.strip() == f"{what} at step 6: saved; continue with --resume", err
     assert not (tmp_path / "cut" / "cat_last.safetensors").exists()
     again = run_spmctl("train", "-c", str(cut), "--quiet")
     assert again.returncode == 2 or again.returncode == 1
     assert "--resume" in again.stderr  # a second run never overwrites a run silently
     resumed = run_spmctl("train", "-c", str(cut), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming 'cat' from step" in resumed.stderr
+    # a kill loses the steps after the last checkpoint (4); a signal saves the step it came in (6)
+    assert f"resuming 'cat' from step {4 if stop == 'kill' else 6}" in resumed.stderr
     got = load_membrane(tmp_path / "cut" / "cat_last.safetensors").tensors
     for key, value in reference.items():
         torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-7, msg=key)
