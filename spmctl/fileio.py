@@ -142,11 +142,43 @@ def settle_tree(folder: Path) -> None:
         fsync_dir(Path(sub))
 
 
-def temp_dir(beside: Path, tag: str = "") -> Path:
-    """A staging folder beside `beside` (same file system, so it can be renamed into place), with
-    the umask's mode rather than mkdtemp's 0700."""
+def stage_prefix(dest: Path, kind: str = "") -> str:
+    """The name a staging folder for `dest` starts with. The pid in it lets a later run tell a
+    killed run's leftovers (`remove_dead_stages`) from a live one's."""
+    return f".{dest.name}.spmctl-{kind}{os.getpid()}-"
+
+
+def pid_alive(pid: int) -> bool:
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{beside.name}.{tag}", dir=beside.parent))
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_stages(dest: Path, remove: Callable[[Path], None] | None = None) -> list[Path]:
+    """Remove the staging folders for `dest` (`stage_prefix`) whose process is gone: what a killed
+    export or download left beside it. A live run's stays (two runs may write beside one folder)."""
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.spmctl-(?:[a-z]+-)?(\d+)-")
+    removed = []
+    for entry in dest.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and not pid_alive(int(match.group(1))):
+            (remove or (lambda p: shutil.rmtree(p, ignore_errors=True)))(entry)
+            removed.append(entry)
+    return removed
+
+
+def temp_dir(beside: Path) -> Path:
+    """A staging folder beside `beside` (same file system, so it can be renamed into place), with
+    the umask's mode rather than mkdtemp's 0700. A killed run's is removed by the next one
+    (`remove_dead_stages`)."""
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix(beside), dir=beside.parent))
     except OSError as exc:
         raise write_error(beside, exc) from None
     honour_umask(stage, directory=True)

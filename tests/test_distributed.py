@@ -265,3 +265,22 @@ def test_sharded_sampling_writes_each_image_once(tmp_path: Path):
     assert again.returncode == 0, again.stderr
     assert "10 of 10 images already" in again.stderr
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 10
+
+
+def test_a_busy_run_folder_stops_every_ddp_rank_with_one_line(tmp_path: Path):
+    """Rank 0 takes the run folder's lock; when another run holds it, every rank stops with its one
+    line (the other ranks waited for rank 0 forever before)."""
+    from spmctl.training.folder import RunFolder
+
+    cfg = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "out"))
+    holder = RunFolder(tmp_path / "out", "cat")  # this test process plays the run already writing there
+    holder.open()
+    try:
+        result = run_spmctl("train", "-c", str(cfg), "--ddp", "--devices", "cpu,cpu", "--quiet", timeout=240)
+    finally:
+        holder.close(failed=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"another spmctl train is writing here (pid {os.getpid()} on " in errors[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # nothing of the refused run

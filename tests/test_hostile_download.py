@@ -12,6 +12,7 @@ import re
 import resource
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -286,6 +287,7 @@ class ServerCase:
     gets: list[str | None] | None = None  # Range headers of the final run's GETs
     args: tuple[str, ...] = ()
     hub: bool = False  # fetch a hub id (snapshot through huggingface_hub) instead of the archive
+    thread: bool = False  # run the download off the main thread (a library user's worker thread)
 
 
 SERVERS = {
@@ -315,6 +317,9 @@ SERVERS = {
                                    installed=None, args=("--timeout", "1", "--min-rate", "1000", "--retries", "0")),
     "headers trickled": ServerCase("no complete reply within 1 s", installed=None, args=("--timeout", "1"),
                                    before=lambda s: s.trickle_headers.update({URL: 0.05})),
+    "headers trickled, off the main thread": ServerCase(
+        "no complete reply within 1 s", installed=None, args=("--timeout", "1"), thread=True,
+        before=lambda s: s.trickle_headers.update({URL: 0.05})),
     "silent server": ServerCase("timed out|no complete reply within 1 s", installed=None, args=("--timeout", "1"),
                                 before=lambda s: setattr(s, "silent", True)),
     "silent hub": ServerCase("org/tiny .*: no reply within 1 s", before=lambda s: setattr(s, "silent", True),
@@ -340,6 +345,13 @@ def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         started = time.monotonic()
         if row.hub:
             result = invoke("model", "org/tiny", "--dest", str(root), "--endpoint", server.url, *row.args)
+        elif row.thread:
+            results: list = []
+            worker = threading.Thread(target=lambda: results.append(
+                invoke_tiny(root, server.url, manifest, *row.args)))
+            worker.start()
+            worker.join(30)
+            result = results[0]
         else:
             result = invoke_tiny(root, server.url, manifest, *row.args)
         if row.expect is None:
@@ -359,6 +371,27 @@ def test_server(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
         expected = zipfile.ZipFile(io.BytesIO(row.installed)).read("big.bin")
         assert (root / "models/tiny/big.bin").read_bytes() == expected
+
+
+def test_hub_file_bodies_are_held_to_the_minimum_rate(tmp_path: Path) -> None:
+    """A hub snapshot downloads each file with huggingface_hub's own `http_get`; a server trickling
+    the body (a byte every 0.05 s: per-read timeouts never fire) is given up on after --timeout."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import _http
+
+    from spmctl.download.install import _hub_timeouts
+    from spmctl.download.integrity import TooSlow
+
+    with serve({URL: V1}) as server:
+        server.trickle[URL] = 0.05
+        _hub_timeouts(1, 1000)  # what `spmctl download model ORG/NAME --timeout 1 --min-rate 1000` sets
+        try:
+            started = time.monotonic()
+            with open(tmp_path / "part", "wb") as part, pytest.raises(TooSlow, match="too slow: .* below the minimum"):
+                http_get(f"{server.url}/{URL}", part)
+            assert time.monotonic() - started < 10
+        finally:
+            _http.set_client_factory(_http.default_client_factory)
 
 
 # ---------------------------------------------------------------- free space (class 13)

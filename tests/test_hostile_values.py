@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_spmctl, write_train_config
+from conftest import flat, run_spmctl, write_sample_folder, write_train_config
 from safetensors.torch import load_file, save_file
 from test_sample import make_spm
 
@@ -32,6 +32,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file(broken, str(root / "alpha.safetensors"), metadata={"prompts": "cat", "rank": "1", "alpha": "1.0"})
     (root / "keys.txt").write_text(f"{first_up}\n{first_alpha}\n")
     write_train_config(root / "train.yaml", output_dir="out", train__iterations=1)
+    write_sample_folder(root / "run", [(flat((0.5, 0.2, 0.2)), {})])  # for eval
     return root
 
 
@@ -66,6 +67,15 @@ CASES = [
                  id="sample-size-cannot-fit"),
     pytest.param(["train", "-c", "train.yaml", "--set", f"prompt.resolution={HUGE}"], 2,
                  [f"prompt.resolution = {HUGE}", "needs at least", "GiB free"], [], id="train-size-cannot-fit"),
+    # checked before anything is created: the file in the way of output_dir is never reached
+    pytest.param(["train", "-c", "train.yaml", "--set", f"prompt.resolution={HUGE}", "--set",
+                  "output_dir=train.yaml/out"], 2, [f"prompt.resolution = {HUGE}", "needs at least"], [],
+                 id="train-size-cannot-fit-refused-before-the-folder"),
+    pytest.param(["train", "-c", "train.yaml", "--set", "train.lr=1e300", "--set", "train.optimizer_type=SGD"], 2,
+                 ["train.lr", "1e+300", "float32 range"], [], id="train-lr-beyond-float32"),
+    pytest.param([*SAMPLE, "-g", "1e300"], 2, ["guidance", "float32 range"], [], id="sample-guidance-beyond-float32"),
+    pytest.param(["eval", "nudity", "run", "--threshold", "nan", "-o", "report"], 2,
+                 ["--threshold nan", "between 0 and 1"], [], id="eval-threshold-nan"),
     pytest.param(["train", "-c", "train.yaml", "--set", "train.optimizer_args.betas2=[0.9,0.99]"], 2,
                  ["optimizer_args", "AdamW has no option 'betas2'", "did you mean 'betas'", "weight_decay"], [],
                  id="optimizer-args-unknown"),
@@ -77,7 +87,7 @@ CASES = [
 
 
 def _tree(root: Path) -> set[Path]:
-    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+    return {p.relative_to(root) for p in root.rglob("*")}  # folders too: no empty one left behind
 
 
 @pytest.mark.parametrize(("args", "code", "expected", "absent"), CASES)

@@ -109,6 +109,24 @@ def test_a_wrong_kind_of_thing_in_the_way_is_one_line(tmp_path: Path, spm: Path,
     assert blocker.read_text() == "keep me" and [p.name for p in folder.iterdir()] == ["inside"]
 
 
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(tmp_path: Path, spm: Path):
+    """A kill during `export model` leaves its staging folder beside the output; the next export of
+    that folder removes it, but never the staging folder of an export still running."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has any more
+    dead = tmp_path / f".merged.spmctl-{gone.pid}-k1ll3d"
+    (dead / "unet").mkdir(parents=True)
+    (dead / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half a model")
+    live = tmp_path / f".merged.spmctl-{os.getpid()}-busy"  # this test process is alive
+    live.mkdir()
+    done = subprocess.run([str(SPMCTL), "export", "model", str(spm), "-m", "tiny", "-o", str(tmp_path / "merged")],
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "merged" / "model_index.json").is_file()
+    assert not dead.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["merged", live.name])
+
+
 # --- class 7: full disks, read-only places -----------------------------------------------------------------
 
 @pytest.mark.slow

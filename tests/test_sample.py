@@ -194,9 +194,11 @@ def test_cli_sample_show_gates_and_generate(tmp_path, spms, tiny_model_dir):
         "64",
     ]
     env = {"OMP_NUM_THREADS": "1"}
-    shown = run_spmctl(*args, "--show-gates", env=env)
+    long_prompt = "a photograph of a red car parked beside a river under a cloudy evening sky"
+    shown = run_spmctl(*args, "-p", long_prompt, "--show-gates", env={**env, "COLUMNS": "60"})
     assert shown.returncode == 0, shown.stderr
     assert "a red car" in shown.stdout and "1.0000" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 60  # the terminal's width, not 200
     made = run_spmctl(*args, "-o", str(tmp_path / "cli"), "--seed", "3", "--multiplier", "0.5", "-q", env=env)
     assert made.returncode == 0, made.stderr
     record = json.loads((tmp_path / "cli" / "manifest.jsonl").read_text().splitlines()[0])

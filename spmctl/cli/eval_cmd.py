@@ -73,6 +73,10 @@ def nudity(
     output_dir: OutputDir = None,
 ) -> None:
     """I2P nudity: NudeNet exposed-body-part detections per class, per image and per I2P category."""
+    if not 0.0 <= threshold <= 1.0:  # NaN too: every comparison with it is false
+        from ..errors import config_error
+
+        raise config_error(f"--threshold {threshold}: expected a detection score between 0 and 1")
     _evaluate(runs, labels, ["nudity"], {"nudity": {"classes": classes, "threshold": threshold}}, output_dir)
 
 

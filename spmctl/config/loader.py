@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -46,6 +46,19 @@ class FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get({}))
 
 
+# Every tensor a setting reaches is float32 (or narrower): a finite value beyond its range (lr 1e300)
+# overflows inside torch with a traceback, or turns the weights into Inf. Refused like NaN/Inf.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def within_float32(value: Any) -> Any:
+    """A field validator for every field: floats (alone or in a list) must fit float32."""
+    for item in value if isinstance(value, list | tuple) else (value,):
+        if isinstance(item, float) and abs(item) > FLOAT32_MAX:
+            raise ValueError(f"{item:g} is beyond the float32 range (about ±3.4e38) that the tensors use")
+    return value
+
+
 class CommandSettings(BaseSettings):
     """Base of every command's configuration model."""
 
@@ -53,6 +66,7 @@ class CommandSettings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
         allow_inf_nan=False,  # a NaN gate or guidance scale renders black images and exits 0
     )
+    _float32 = field_validator("*", mode="after")(within_float32)
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import config_error
 from ..names import NOISE_SCHEDULERS, NoiseScheduler, Precision, dtype_name
-from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml
+from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml, within_float32
 
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "lion", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
@@ -33,6 +33,7 @@ def multiple_of_8(value: int) -> int:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    _float32 = field_validator("*", mode="after")(within_float32)
 
 
 def _precision(value: Any) -> Any:

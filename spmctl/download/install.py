@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError, SpmctlError, one_line
-from ..fileio import honour_umask
+from ..fileio import honour_umask, remove_dead_stages, stage_prefix
 from .extract import ArchiveContentError, remove_tree, safe_extract, unwrap_single_folder
+from .integrity import RateGuard
 from .manifest import Source
 from .record import check_replaceable, remember
 from .space import ensure_free_space, same_device
@@ -79,30 +80,9 @@ def is_present(dest: Path) -> bool:
     return dest.is_dir() and any(dest.iterdir())
 
 
-def _stage_prefix(dest: Path, kind: str = "") -> str:
-    # The pid in the name lets a later run tell a killed run's leftovers from a live one's.
-    return f".{dest.name}.spmctl-{kind}{os.getpid()}-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_leftovers(dest: Path) -> None:
     """Staging folders of runs that were killed (their pid is gone) are removed."""
-    if not dest.parent.is_dir():
-        return
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.spmctl-(?:old-)?(\d+)-")
-    for entry in dest.parent.iterdir():
-        match = pattern.match(entry.name)
-        if match and not _alive(int(match.group(1))):
-            remove_tree(entry)
+    remove_dead_stages(dest, remove_tree)
 
 
 @contextmanager
@@ -115,7 +95,7 @@ def _staging(dest: Path) -> Iterator[Path]:
     stage = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(dest), dir=dest.parent))
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix(dest), dir=dest.parent))
         honour_umask(stage, directory=True)  # it may become `dest` itself: not mkdtemp's 0700
         yield stage
     except BaseException:
@@ -134,7 +114,7 @@ def _move_into_place(content: Path, dest: Path) -> None:
     """Rename `content` to `dest`, replacing an existing `dest` only once the new one is ready."""
     old = None
     if dest.exists() or dest.is_symlink():
-        old = dest.with_name(_stage_prefix(dest, "old-") + "0")
+        old = dest.with_name(stage_prefix(dest, "old-") + "0")
         dest.rename(old)
     try:
         content.rename(dest)
@@ -209,9 +189,11 @@ def _install_http(source: Source, dest: Path, opts: Options, console: Console) -
     archive.unlink(missing_ok=True)  # only now: the extraction is verified and in place
 
 
-def _hub_timeouts(timeout: float) -> None:
+def _hub_timeouts(timeout: float, min_rate: int = MIN_RATE) -> None:
     """Give every request the hub client makes a timeout: its client has none, and some of its
-    calls (the repo listing) pass `timeout=None` themselves, so it is set on each request."""
+    calls (the repo listing) pass `timeout=None` themselves, so it is set on each request. Every
+    reply body is also held to `min_rate` bytes/s over `timeout` seconds, as `fetch` holds its own:
+    a server trickling a byte every few seconds never trips a per-read timeout."""
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
 
@@ -227,12 +209,36 @@ def _hub_timeouts(timeout: float) -> None:
     if factory is None or not hasattr(_http, "set_client_factory"):
         return  # huggingface_hub < 1.0 (requests-based): its own timeouts (constants above) apply
 
+    def rate_guarded(response) -> None:  # type: ignore[no-untyped-def]
+        response.stream = _rate_guarded_stream(response, min_rate, timeout)
+
     def client():  # type: ignore[no-untyped-def]
         made = factory()
         made.event_hooks["request"].append(bound_request)
+        made.event_hooks["response"] = [*made.event_hooks.get("response", []), rate_guarded]
         return made
 
     _http.set_client_factory(client)
+
+
+def _rate_guarded_stream(response, min_rate: int, window: float):  # type: ignore[no-untyped-def]
+    """`response`'s body stream (the hub client's httpx), raising TooSlow below `min_rate` bytes/s."""
+    import importlib
+
+    inner = response.stream
+    base = importlib.import_module(type(response).__module__.partition(".")[0]).SyncByteStream
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            guard = RateGuard(min_rate, window)
+            for chunk in inner:
+                guard.add(len(chunk))
+                yield chunk
+
+        def close(self) -> None:
+            inner.close()
+
+    return Guarded() if isinstance(inner, base) else inner  # an async stream: left as it is
 
 
 def _install_hub(source: Source, dest: Path, opts: Options, console: Console) -> None:
@@ -241,7 +247,7 @@ def _install_hub(source: Source, dest: Path, opts: Options, console: Console) ->
     if source.approx_size:
         ensure_free_space({dest.parent: source.approx_size})
     console.print(f"fetching {source.repo_type or 'model'} {source.repo_id} from {opts.endpoint}")
-    _hub_timeouts(opts.timeout)
+    _hub_timeouts(opts.timeout, opts.min_rate)
     with _staging(dest) as stage:
         try:
             snapshot_download(source.repo_id or "", repo_type=source.repo_type, revision=source.revision,

@@ -14,12 +14,13 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .space import human_size
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
 PUBLISHED_HASH_HEADERS = ("X-Linked-Etag",)  # huggingface.co and its mirrors, on /resolve/ redirects
 
 
@@ -27,30 +28,56 @@ class TooSlow(Exception):
     """Fewer bytes than the minimum rate arrived over a whole window, or the headers took too long."""
 
 
-@contextmanager
-def header_deadline(seconds: float) -> Iterator[None]:
-    """Raise TooSlow if the block (connecting and reading the reply's headers) outlasts `seconds`.
+def within_deadline(seconds: float, call: Callable[[], T], discard: Callable[[T], object] | None = None) -> T:
+    """`call()` (connecting and reading a reply's headers), or TooSlow once it outlasts `seconds`.
 
     A per-read timeout never fires on a server that sends its headers a byte at a time, and
-    requests has no overall deadline, so a real-time timer interrupts the blocked read. It is
-    used only on the main thread (where signals arrive) and when no one else uses SIGALRM.
+    requests has no overall deadline. On the main thread a real-time timer (SIGALRM) interrupts
+    the blocked read. Elsewhere (a library user's worker thread), where no signal can arrive, the
+    call runs in a helper thread that is given up on at the deadline: its reply, should one still
+    come, is handed to `discard` (closed), and the stalled connection ends when the server does.
     """
     usable = (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
               and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
-    if not usable:
-        yield
-        return
+    too_slow = f"no complete reply within {seconds:g} s (--timeout)"
+    if usable:
+        def expire(_signum: int, _frame: object) -> None:
+            raise TooSlow(too_slow)
 
-    def expire(_signum: int, _frame: object) -> None:
-        raise TooSlow(f"no complete reply within {seconds:g} s (--timeout)")
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return call()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
-    signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    lock = threading.Lock()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            value = call()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            box["error"] = exc
+            return
+        with lock:
+            if box.get("late"):
+                if discard is not None:
+                    discard(value)
+                return
+            box["value"] = value
+
+    helper = threading.Thread(target=run, name="spmctl-reply-deadline", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    with lock:
+        if "value" not in box and "error" not in box:
+            box["late"] = True
+            raise TooSlow(too_slow)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def content_range(value: str | None) -> tuple[int, int, int | None] | None:

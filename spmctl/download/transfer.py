@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SpmctlError, one_line
-from .integrity import RateGuard, TooSlow, header_deadline, published_sha256, resume_problem, validator_of
+from .integrity import RateGuard, TooSlow, published_sha256, resume_problem, validator_of, within_deadline
 from .space import human_size
 
 CHUNK = 1 << 20
@@ -148,9 +148,10 @@ def fetch(
                     headers["If-Range"] = meta["validator"]
             received = 0
             try:
-                with header_deadline(job.timeout):  # a server may trickle its headers too
-                    response = session.get(job.url, headers=headers, stream=True,
-                                           timeout=(CONNECT_TIMEOUT, job.timeout))
+                response = within_deadline(  # a server may trickle its headers too
+                    job.timeout, lambda sent=headers: session.get(job.url, headers=sent, stream=True,
+                                                                  timeout=(CONNECT_TIMEOUT, job.timeout)),
+                    discard=lambda late: late.close())
                 with response as resp:
                     if resp.status_code == 416 and have:
                         # Nothing left to send: the part is already whole (or the file shrank).

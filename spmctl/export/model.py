@@ -15,7 +15,16 @@ import torch
 from torch import nn
 
 from ..errors import SpmctlError
-from ..fileio import fsync_dir, make_parents, remove_empty, settle_tree, temp_dir, write_error, write_problem
+from ..fileio import (
+    fsync_dir,
+    make_parents,
+    remove_dead_stages,
+    remove_empty,
+    settle_tree,
+    temp_dir,
+    write_error,
+    write_problem,
+)
 from ..membrane import load_membrane, lora_name
 from .lora import Weighted, modules_of
 
@@ -90,6 +99,7 @@ def save_diffusers(model: Any, out: Path) -> Path:
 
     transformers_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
     created = make_parents(out)
+    remove_dead_stages(out)  # what a killed export of this folder left beside it
     tmp = temp_dir(out)
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)

@@ -121,10 +121,12 @@ def compute_gates(
 def print_gates(prompts: list[str], spms: list[MembraneFile], gates: torch.Tensor) -> None:
     from rich.table import Table
 
+    from ..cli.common import table_console
+
     table = Table("prompt", *(f"{s.name} ({', '.join(s.concepts) or '-'})" for s in spms), box=None)
     for prompt, row in zip(prompts, gates.tolist(), strict=True):
         table.add_row(prompt, *(f"{g:.4f}" for g in row))
-    Console(width=200).print(table)
+    table_console().print(table)  # the terminal's width; one line per row when piped
 
 
 def _record(

@@ -161,21 +161,20 @@ class TrainingRun:
             self.warn(f"train.batch_size = {cfg.train.batch_size} is not used: prompt.batch_size "
                       f"({', '.join(str(s.batch_size) for s in self.settings)}) sets the batch of each step")
         self.device = pick_device(cfg.devices, self.warn)
-        if self.main:
-            self.folder.open()
-        # DDP: rank 0 reads it and every rank gets the same state (other nodes may not see rank 0's disk)
+        torch.manual_seed(cfg.seed)
+        self.model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
+                                   v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision,
+                                   device=self.device, config=cfg.pretrained_model.config)
+        check_inputs(self.model, self.settings, self.device, self.warn)  # refused: nothing was created
+        # DDP: rank 0 takes the folder's lock and reads the resume state; every rank gets the same
+        # state, or the same one-line refusal (a busy folder), rather than waiting for rank 0 forever
         ddp = self.ddp
-        state = ddp.from_main(self._read_resume_state) if ddp is not None else self._read_resume_state()
+        state = ddp.from_main(self._open_folder) if ddp is not None else self._open_folder()
         if state is not None:
             check_resumable(self.folder.state, state["extra"], run_settings(cfg, self.settings))
         if ddp is not None and self.main and (note := ddp.batch_note(self.settings)):
             self.warn(note)
 
-        torch.manual_seed(cfg.seed)
-        self.model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
-                                   v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision,
-                                   device=self.device, config=cfg.pretrained_model.config)
-        check_inputs(self.model, self.settings, self.device, self.warn)
         if cfg.other.use_xformers:
             _enable_xformers(self.model.unet, self.warn)
         self.network = MembraneNetwork(self.model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha,
@@ -220,8 +219,10 @@ class TrainingRun:
         self.logger = (_Logger(self.folder.log, cfg, self.warn, resume=self.step > 0) if self.main
                        else _null_logger())
 
-    def _read_resume_state(self) -> dict[str, Any] | None:
+    def _open_folder(self) -> dict[str, Any] | None:
+        """Create and lock the run folder, then read the state to resume from (None: a new run)."""
         folder = self.folder
+        folder.open()
         if folder.state.exists() and not self.cfg.resume:
             raise SpmctlError(f"{folder.path}: holds a run of {self.name!r} already; pass --resume to continue "
                               "it, or choose another output_dir or save.name")
