@@ -131,7 +131,8 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
     assert killed[:2] == [True, True]  # training and sampling were cut short (eval is quick: maybe not)
     done = run_spmctl(*args, env=canvas_env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "already done" in done.stderr or "already in" in done.stderr
+    # continued, not redone: the sweep skips the trained concepts, sampling the images already made
+    assert "concepts already done" in done.stderr and "images already in" in done.stderr
     assert json.loads((out / "results.json").read_text())["table"] == reference
     for folder in (out / "samples").iterdir():  # no image made twice, none missing
         assert len(list(folder.glob("*.png"))) == len(STYLES) * len(OBJECTS)
