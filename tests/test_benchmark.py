@@ -183,3 +183,30 @@ def test_i2p_end_to_end(tmp_path: Path, train_yaml):
         "BUTTOCKS_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_EXPOSED", "ARMPITS_EXPOSED"]}
     assert results["pins"]["packages"]["nudenet"]
     assert "exposed_share" in done.stdout and "threshold" in done.stdout
+
+
+@pytest.mark.slow
+def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, tmp_path_factory):
+    """A task that is any concept ('cat'), judged by the parity plugin: ASR before/after from its verdicts."""
+    site = pip_install_plugins(tmp_path_factory.mktemp("verdict-site"), tmp_path_factory.mktemp("verdict-src"),
+                               "spmctl-verdict-plugin")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na photo of a cat,1\na cat by the sea,1\n")
+    out = tmp_path / "run"
+    done = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--train-config", str(train_yaml),
+                      "--tasks", "cat", "--prompts-dir", str(prompts), "--classifier", "parity", "--attack-steps", "1",
+                      "--eval-every", "1", "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu",
+                      "--devices", "cpu", env={"PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    attack = json.loads((out / "attack" / "cat" / "results.json").read_text())["asr"]["cat"]
+    assert results["table"] == {"cat": {"ASR_before": pytest.approx(100 * attack["asr_before"], abs=0.01),
+                                        "ASR_after": pytest.approx(100 * attack["asr_after"], abs=0.01), "prompts": 3}}
+    assert results["pins"]["evaluator"]["cat"]["judge"] == "parity"
+    assert results["pins"]["evaluator"]["cat"]["budget"]["attack_steps"] == 1
+    # the published rows (SPM and AdvUnlearn, before -> after) with their sources
+    assert "54.9" in done.stdout and "91.6" in done.stdout and "arXiv 2405.15234" in done.stdout
+    missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
+                         "--tasks", "church", "--prompts-dir", str(prompts))
+    assert missing.returncode == 2 and "no church.csv in" in missing.stderr

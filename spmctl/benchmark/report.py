@@ -30,7 +30,8 @@ def build_results(suite: Any, opts: Any, state: Any, rows: dict[str, dict[str, A
 
     table = dict(rows)
     erased = [label for label in rows if label != BASE]
-    if len(erased) > 1:  # the benchmark reports the mean over concepts, each erased by its own membrane
+    # the benchmark reports the mean over concepts, each erased by its own membrane (attacks: per task)
+    if len(erased) > 1 and getattr(suite, "average", True):
         table[AVERAGE] = {c: _mean([rows[label].get(c) for label in erased]) for c in suite.score_columns}
     cost = cost_table(membranes)
     peak = max((c["peak_memory_mib"] for c in cost.values() if c.get("peak_memory_mib") is not None), default=None)

@@ -37,10 +37,16 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
     root = opts.output_dir
     state = RunState.open(root, suite.name, opts.settings())
     started = time.perf_counter()
+    if hasattr(suite, "check"):  # a missing input fails now, not after hours of training
+        suite.check(opts)
     try:
         membranes = train_stage(suite, opts, state, console)
-        folders = sample_stage(suite, opts, state, console, membranes)
-        rows, pins = eval_stage(suite, opts, state, console, folders)
+        if hasattr(suite, "attack_stage"):  # the attack makes and judges its own images
+            rows, pins = suite.attack_stage(opts, state, console, membranes)
+        else:
+            folders = sample_stage(suite, opts, state, console, membranes)
+            rows, pins = eval_stage(suite, opts, state, console, folders)
+        pins["training"] = training_pins(opts)
     finally:  # device time counts even for a run cut short
         state.spend(time.perf_counter() - started, device_count(opts))
     results = build_results(suite, opts, state, rows, pins, membranes)
@@ -198,10 +204,13 @@ def eval_stage(suite: Any, opts: Options, state: RunState, console: Console,
     pins = {"packages": package_versions(suite.package_pins()), "evaluator": evaluator,
             "sampling": {k: opts.settings()[k] for k in ("model", "steps", "guidance", "width", "height",
                                                          "noise_scheduler", "precision", "negative_prompt")},
-            "seeds": opts.seeds or "suite default",
-            "training": {"iterations": train_config(opts, opts.output_dir / "train").train.iterations,
-                         "seed": opts.train_seed, "config": str(opts.train_config) if opts.train_config else None}}
+            "seeds": opts.seeds or "suite default"}
     return rows, pins
+
+
+def training_pins(opts: Options) -> dict[str, Any]:
+    return {"iterations": train_config(opts, opts.output_dir / "train").train.iterations, "seed": opts.train_seed,
+            "config": str(opts.train_config) if opts.train_config else None}
 
 
 # -- estimate ------------------------------------------------------------------------------------
@@ -224,7 +233,10 @@ def estimate(suite: Any, opts: Options, state: RunState, console: Console, when:
     seconds = concepts_left * iterations * per_it if per_it else 0.0
     runs_left = total + 1 - len(sampled or ())
     unknown = []
-    if per_image and costs.get("images_per_run"):
+    if hasattr(suite, "attack_stage"):
+        runs_left = 0
+        unknown.append("the attacks (their cost depends on when each prompt succeeds)")
+    elif per_image and costs.get("images_per_run"):
         seconds += runs_left * costs["images_per_run"] * per_image
     else:
         unknown.append("sampling (measured after its warm-up)")

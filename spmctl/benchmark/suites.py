@@ -171,7 +171,10 @@ class I2PSuite:
         return ("nudenet", "onnxruntime")
 
 
-SUITES: dict[str, Any] = {"unlearncanvas": UnlearnCanvasSuite(), "i2p": I2PSuite()}
+def suites() -> dict[str, Any]:
+    from .attack_suite import UnlearnDiffAtkSuite
+
+    return {"unlearncanvas": UnlearnCanvasSuite(), "i2p": I2PSuite(), "unlearndiffatk": UnlearnDiffAtkSuite()}
 
 
 def _percent(value: Any) -> Any:

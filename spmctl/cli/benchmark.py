@@ -49,10 +49,10 @@ def _list(text: str | None) -> list[str] | None:
 def _run(suite_name: str, common: dict[str, Any], extra: dict[str, Any], quiet: bool) -> None:
     from ..benchmark.report import print_results
     from ..benchmark.run import run_benchmark
-    from ..benchmark.suites import SUITES, Options
+    from ..benchmark.suites import Options, suites
 
     opts = Options(**common, extra=extra, quiet=quiet)
-    results = run_benchmark(SUITES[suite_name], opts, stderr_console(quiet))
+    results = run_benchmark(suites()[suite_name], opts, stderr_console(quiet))
     print_results([(str(opts.output_dir), results)], table_console())
     stderr_console(quiet).print(f"results: {opts.output_dir / 'results.json'}  report: "
                                 f"{opts.output_dir / 'report.md'}", highlight=False)
@@ -137,6 +137,55 @@ def i2p(
     extra = {"concepts": _list(concepts) or [], "data_root": data_root, "categories": _list(category),
              "limit": limit, "threshold": threshold, "classes": classes}
     _run("i2p", common, extra, quiet)
+
+
+@app.command("unlearndiffatk")
+def unlearndiffatk(
+    model: Annotated[str, Opt("--model", "-m", help="Base model (the benchmark's: SD v1.4).")] =
+    "CompVis/stable-diffusion-v1-4",
+    output_dir: Output = Path("outputs/benchmark-unlearndiffatk"),
+    tasks: Annotated[str, Opt("--tasks", help="Tasks, comma-separated: nudity, van_gogh, church, parachute, "
+                              "tench, garbage_truck, or any concept text.")] =
+    "nudity,van_gogh,church,parachute,tench,garbage_truck",
+    prompts_dir: Annotated[Path, Opt("--prompts-dir", help="Folder with <task>.csv per task (the benchmark's "
+                                     "prompts and seeds).")] = Path("data/unlearndiffatk"),
+    classifier: Annotated[list[str] | None, Opt("--classifier", help="Judge: NAME for every task but nudity, "
+                                                "or TASK=NAME (a plugin classifier or an UnlearnCanvas "
+                                                "checkpoint; nudity: NudeNet). Repeatable.")] = None,
+    attack_steps: Annotated[int | None, Opt("--attack-steps", help="Attack steps per prompt (default: the "
+                                            "method's).")] = None,
+    tokens: Annotated[int | None, Opt("--tokens", help="Adversarial tokens (default: the method's).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Learning rate of the token embeddings.")] = None,
+    eval_every: Annotated[int | None, Opt("--eval-every", help="Judge every N steps, stop on success.")] = None,
+    seeds: Seeds = None,
+    train_config: TrainCfg = None,
+    iterations: Iterations = None,
+    devices: Devices = "auto",
+    device: Device = "auto",
+    steps: Steps = 100,
+    guidance: Guidance = 7.5,
+    width: Size = 512,
+    height: Size = 512,
+    batch_size: BatchSize = 4,
+    noise_scheduler: Scheduler = "ddim",
+    precision: Precision = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """UnlearnDiffAtk: erase each task's concept, attack it through FT; ASR before and after."""
+    from ..errors import config_error
+
+    judges: dict[str, str] = {}
+    for item in classifier or []:
+        task, sep, name = item.partition("=")
+        if sep and (not task.strip() or not name.strip()):
+            raise config_error(f"--classifier {item!r}: expected NAME or TASK=NAME")
+        judges["_".join(task.casefold().split()) if sep else "*"] = (name if sep else item).strip()
+    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
+                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
+                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    extra = {"tasks": _list(tasks) or [], "prompts_dir": str(prompts_dir), "classifiers": judges,
+             "attack_steps": attack_steps, "tokens": tokens, "lr": lr, "eval_every": eval_every}
+    _run("unlearndiffatk", common, extra, quiet)
 
 
 @app.command("compare")

@@ -1,0 +1,113 @@
+"""The `unlearndiffatk` suite: erase each task's concept, then attack it with UnlearnDiffAtk through FT.
+
+UnlearnDiffAtk's six tasks (nudity, Van Gogh, church, parachute, tench, garbage truck), or any
+concept text: one membrane per task (the sweep), then `spmctl attack unlearndiffatk` over the
+task's prompt file (`<prompts-dir>/<task>.csv`, the benchmark's prompts with their seeds), judged by
+NudeNet (nudity) or a classifier (a plugin's name or an UnlearnCanvas checkpoint). Each attack keeps
+its own resumable state (`attack/<task>/prompts`, `state`), so a killed run continues. The row of a
+task is its attack success rate before (the original prompts) and after the attack.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import config_error
+from .suites import Options, _percent
+
+# task -> (template, concept the membrane erases and the judge looks for)
+TASKS = {
+    "nudity": ("i2p", "nudity"),
+    "van_gogh": ("concept", "Van Gogh"),
+    "church": ("concept", "church"),
+    "parachute": ("concept", "parachute"),
+    "tench": ("concept", "tench"),
+    "garbage_truck": ("concept", "garbage truck"),
+}
+
+
+def task_key(name: str) -> str:
+    return "_".join(name.casefold().split())
+
+
+class UnlearnDiffAtkSuite:
+    name = "unlearndiffatk"
+    score_columns = ("ASR_before", "ASR_after", "prompts")
+    average = False  # the papers report each task apart
+
+    def check(self, opts: Options) -> None:
+        for task, _template, _concept in self.tasks(opts):
+            self.prompts_file(opts, task)
+
+    def tasks(self, opts: Options) -> list[tuple[str, str, str]]:
+        """(task, template, concept) per task: a known task's, else the text as a concept."""
+        out = []
+        for task in opts.extra["tasks"]:
+            template, concept = TASKS.get(task_key(task), ("concept", " ".join(task.split())))
+            out.append((task_key(task), template, concept))
+        if not out:
+            raise config_error("--tasks names nothing to attack")
+        return out
+
+    def train_groups(self, opts: Options) -> list[tuple[str, list[str], str]]:
+        groups: dict[str, list[str]] = {}
+        for _task, template, concept in self.tasks(opts):
+            groups.setdefault(template, []).append(concept)
+        return [(template, names, "nudity" if template == "i2p" else "concepts") for template, names in groups.items()]
+
+    def prompts_file(self, opts: Options, task: str) -> Path:
+        path = Path(opts.extra["prompts_dir"]) / f"{task}.csv"
+        if not path.is_file():
+            raise config_error(f"--prompts-dir: no {path.name} in {path.parent} (the task's prompts, a CSV "
+                               "with 'prompt' and a seed column)")
+        return path
+
+    def classifier(self, opts: Options, task: str) -> str | None:
+        given = opts.extra.get("classifiers") or {}
+        return given.get(task, given.get("*"))
+
+    def attack_stage(self, opts: Options, state: Any, console: Any, membranes: dict[str, Path]) -> tuple[
+            dict[str, dict[str, Any]], dict[str, Any]]:
+        """One attack per task over its prompts; returns the rows and the evaluator's pins."""
+        from ..attack.config import load_attack_config
+        from ..attack.run import run_attack
+        from .pins import package_versions
+
+        state.stage("attack", status="running")
+        rows: dict[str, dict[str, Any]] = {}
+        judges: dict[str, Any] = {}
+        for task, _template, concept in self.tasks(opts):
+            out = opts.output_dir / "attack" / task
+            overrides: dict[str, Any] = {
+                "method": "unlearndiffatk", "model": opts.model, "spms": [str(membranes[concept])],
+                "prompts_file": str(self.prompts_file(opts, task)), "concept": concept,
+                "classifier": self.classifier(opts, task), "output_dir": str(out), "steps": opts.steps,
+                "guidance": opts.guidance, "width": opts.width, "height": opts.height, "device": opts.device,
+                "precision": opts.precision, "noise_scheduler": opts.noise_scheduler,
+                "batch_size": opts.batch_size, "negative_prompt": opts.negative_prompt}
+            for key in ("tokens", "attack_steps", "lr", "eval_every"):
+                if opts.extra.get(key) is not None:
+                    overrides[key] = opts.extra[key]
+            if opts.seeds:
+                overrides["seeds"] = list(opts.seeds)
+            cfg, _ = load_attack_config(None, overrides)
+            console.print(f"benchmark: attacking {task} ({concept!r}) -> {out}", highlight=False)
+            run_attack(cfg, console=console, quiet=opts.quiet)
+            results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+            asr = results["asr"].get(concept) or next(iter(results["asr"].values()), {})
+            rows[task] = {"ASR_before": _percent(asr.get("asr_before")), "ASR_after": _percent(asr.get("asr_after")),
+                          "prompts": asr.get("prompts", 0)}
+            judges[task] = {"judge": self.classifier(opts, task) or ("nudenet" if task == "nudity" else "plugin"),
+                            "nudity_threshold": cfg.nudity_threshold,
+                            "budget": {k: cfg.budget(k) for k in ("tokens", "attack_steps", "lr", "eval_every")}}
+        state.stage("attack", status="done")
+        pins = {"packages": package_versions(("nudenet",)), "evaluator": judges,
+                "sampling": {k: opts.settings()[k] for k in ("model", "steps", "guidance", "width", "height",
+                                                             "noise_scheduler", "precision", "negative_prompt")},
+                "seeds": opts.seeds or "each prompt's own"}
+        return rows, pins
+
+    def package_pins(self) -> tuple[str, ...]:
+        return ("nudenet",)
