@@ -122,13 +122,13 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
     reference = json.loads((uc_run[0] / "results.json").read_text())["table"]
     out = tmp_path / "run"
     args = uc_args(out, train_yaml)
+    # killed once the first concept is trained (the second is under way), then once an erased run is
+    # half sampled; scoring is quick and keeps each scored run in eval/<run>.json
     stages = [
-        lambda: any((out / "train" / "styles").glob("*/*_last.safetensors")),  # the first concept trained
-        lambda: any((out / "samples" / "van_gogh").glob("*.png")),  # an erased run half sampled
-        lambda: (out / "eval" / "base.json").is_file(),  # the first run scored
+        lambda: any((out / "train" / "styles").glob("*/*_last.safetensors")),
+        lambda: any((out / "samples" / "van_gogh").glob("*.png")),
     ]
-    killed = [_run_until(args, canvas_env, ready) is None for ready in stages]
-    assert killed[:2] == [True, True]  # training and sampling were cut short (eval is quick: maybe not)
+    assert [_run_until(args, canvas_env, ready) for ready in stages] == [None, None]  # both were cut short
     done = run_spmctl(*args, env=canvas_env)
     assert done.returncode == 0, done.stderr[-3000:]
     # continued, not redone: the sweep skips the trained concepts, sampling the images already made
