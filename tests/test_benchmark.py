@@ -40,7 +40,7 @@ def uc_args(out: Path, train_yaml: Path) -> list[str]:
             "--styles", "Van_Gogh", "--objects", "Dogs", "--eval-styles", ",".join(STYLES),
             "--eval-objects", ",".join(OBJECTS), "--seeds", "188", "--steps", "1", "--width", "32", "--height", "32",
             "--batch-size", "1", "--device", "cpu", "--devices", "cpu", "--style-classifier", "gate-style",
-            "--object-classifier", "gate-object"]
+            "--object-classifier", "gate-object", "--no-fid"]  # FID: in-process below (its Inception is a download)
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,42 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, tmp_path_factory)
     missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
                          "--tasks", "church", "--prompts-dir", str(prompts))
     assert missing.returncode == 2 and "no church.csv in" in missing.stderr
+
+
+def test_unlearncanvas_fid_column_against_the_base_answer_set(tmp_path: Path):
+    """FID per erased run, the base model's answer set the reference (a stand-in feature network)."""
+    pytest.importorskip("torchmetrics", reason="torchmetrics is the optional 'eval' extra")
+    import torch
+    from conftest import flat, write_sample_folder
+
+    from spmctl import plugins
+    from spmctl.benchmark.suites import Options, UnlearnCanvasSuite
+    from spmctl.eval.base import load_runs
+
+    class MeanColour(torch.nn.Module):  # 3 features per image
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return images.mean(dim=(2, 3))
+
+    def images(shift: float) -> list:
+        return [(flat((0.1 * i + shift, 0.5, 0.9 - 0.1 * i)), {"seed": 188, "categories": [s, o]})
+                for i, (s, o) in enumerate((s, o) for s in STYLES for o in OBJECTS)]
+
+    base = write_sample_folder(tmp_path / "samples" / "base", images(0.0))
+    same = write_sample_folder(tmp_path / "samples" / "same", images(0.0))
+    moved = write_sample_folder(tmp_path / "samples" / "moved", images(0.3))
+    sys.path.insert(0, str(TESTS / "plugin_pkgs" / "spmctl-canvas-plugin"))
+    try:
+        import spmctl_canvas_plugin
+    finally:
+        sys.path.pop(0)
+    plugins.pm.register(spmctl_canvas_plugin, name="canvas-test")
+    try:
+        extra = {"style_classifier": "gate-style", "object_classifier": "gate-object", "fid": True,
+                 "fid_feature": MeanColour()}
+        score = UnlearnCanvasSuite().scorer(Options(output_dir=tmp_path, model="tiny", seeds=[188], extra=extra))
+        rows = {label: score(run)[0] for label, run in zip(("base", "same", "moved"), load_runs(
+            [base, same, moved], "base,same,moved"), strict=True)}
+    finally:
+        plugins.pm.unregister(name="canvas-test")
+    assert rows["base"]["FID"] is None  # the reference itself
+    assert rows["same"]["FID"] == pytest.approx(0.0, abs=1e-3) and rows["moved"]["FID"] > 0.01

@@ -47,7 +47,7 @@ class Options:
                 "noise_scheduler", "negative_prompt")
         out: dict[str, Any] = {k: getattr(self, k) for k in keep}
         out["train_config"] = str(self.train_config) if self.train_config else None
-        out.update({k: v for k, v in self.extra.items() if k not in ("devices",)})
+        out.update({k: v for k, v in self.extra.items() if k not in ("fid_feature",)})  # a module, tests only
         return out
 
 
@@ -64,7 +64,7 @@ def _names(kind: str, given: list[str] | None, known: list[str]) -> list[str]:
 
 class UnlearnCanvasSuite:
     name = "unlearncanvas"
-    score_columns = ("UA", "IRA", "CRA", "CRA_without_erased")
+    score_columns = ("UA", "IRA", "CRA", "CRA_without_erased", "FID")
 
     def train_groups(self, opts: Options) -> list[tuple[str, list[str], str]]:
         from ..eval.classifiers import unlearncanvas_labels
@@ -115,12 +115,19 @@ class UnlearnCanvasSuite:
             raise config_error("unlearncanvas: give --style-classifier and/or --object-classifier "
                                "(the benchmark's checkpoints, or a plugin classifier's name)")
 
+        fid = fid_scorer(opts)
+
         def score(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             result = metric.evaluate([run], **options)
-            row = {k: _percent(result.table[run.label].get(k)) for k in self.score_columns}
+            row = {k: _percent(result.table[run.label].get(k)) for k in self.score_columns if k != "FID"}
+            row["FID"] = fid(run)
             row["images"] = result.table[run.label]["images"]
             row["erased"] = result.table[run.label]["erased"]
-            return row, result.details["pins"]
+            pins = dict(result.details["pins"])
+            if opts.extra.get("fid"):
+                pins["fid"] = {"reference": str(fid_reference(opts)), "network": "torchmetrics InceptionV3, 2048 "
+                               "features" if not opts.extra.get("fid_feature") else "supplied"}
+            return row, pins
 
         return score
 
@@ -175,6 +182,36 @@ def suites() -> dict[str, Any]:
     from .attack_suite import UnlearnDiffAtkSuite
 
     return {"unlearncanvas": UnlearnCanvasSuite(), "i2p": I2PSuite(), "unlearndiffatk": UnlearnDiffAtkSuite()}
+
+
+def fid_reference(opts: Options) -> Path:
+    """FID's reference images: the given folder, else the base model's answer set."""
+    return Path(opts.extra.get("fid_reference") or opts.output_dir / "samples" / "base")
+
+
+def fid_scorer(opts: Options) -> Any:
+    """A run's FID against the reference (None for the reference itself, or where FID cannot run here:
+    said once, on one line; the other scores still come)."""
+    import sys
+
+    said: list[str] = []
+
+    def fid(run: Any) -> float | None:
+        from ..eval.base import MetricUnavailable
+        from ..eval.quality import FidMetric
+
+        reference = fid_reference(opts)
+        if not opts.extra.get("fid") or said or run.folder.resolve() == reference.resolve():
+            return None
+        try:
+            result = FidMetric().evaluate([run], reference=reference, feature=opts.extra.get("fid_feature") or 2048)
+        except MetricUnavailable as exc:
+            said.append(str(exc))
+            print(f"note: FID not computed: {exc}", file=sys.stderr)
+            return None
+        return result.table[run.label]["fid"]
+
+    return fid
 
 
 def _percent(value: Any) -> Any:

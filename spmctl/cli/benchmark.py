@@ -72,6 +72,10 @@ def unlearncanvas(
     eval_styles: Annotated[str | None, Opt("--eval-styles", help="Answer-set themes (default: every style and "
                                            "Seed_Images; fewer is not the benchmark's).")] = None,
     eval_objects: Annotated[str | None, Opt("--eval-objects", help="Answer-set objects (default: all).")] = None,
+    fid: Annotated[bool, Opt("--fid/--no-fid", help="FID of each erased run's answer set against the reference "
+                             "(torchmetrics + torch-fidelity).")] = True,
+    fid_reference: Annotated[str | None, Opt("--fid-reference", help="FID's reference images (default: the base "
+                                             "model's answer set).")] = None,
     seeds: Seeds = None,
     train_config: TrainCfg = None,
     iterations: Iterations = None,
@@ -96,7 +100,7 @@ def unlearncanvas(
                   height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
     extra = {"styles": _list(styles), "objects": _list(objects), "style_classifier": style_classifier,
              "object_classifier": object_classifier, "loader": loader, "eval_styles": _list(eval_styles),
-             "eval_objects": _list(eval_objects)}
+             "eval_objects": _list(eval_objects), "fid": fid, "fid_reference": fid_reference}
     _run("unlearncanvas", common, extra, quiet)
 
 
