@@ -209,7 +209,7 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, tmp_path_factory)
     assert "54.9" in done.stdout and "91.6" in done.stdout and "arXiv 2405.15234" in done.stdout
     missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
                          "--tasks", "church", "--prompts-dir", str(prompts))
-    assert missing.returncode == 2 and "no church.csv in" in missing.stderr
+    assert missing.returncode == 2 and "no church.csv in" in missing.stderr and not (tmp_path / "x").exists()
 
 
 def test_unlearncanvas_fid_column_against_the_base_answer_set(tmp_path: Path):

@@ -14,6 +14,7 @@ from statistics import mean
 from typing import Any
 
 from ..errors import SpmctlError, config_error
+from ..eval.report import fmt
 from ..fileio import write_text_atomic
 from .pins import differences
 from .published import published_rows
@@ -67,14 +68,6 @@ def cost_table(membranes: dict[str, Path]) -> dict[str, dict[str, Any]]:
 def _mean(values: Sequence[Any]) -> float | None:
     present = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     return round(mean(present), 2) if present else None
-
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def score_lines(results: dict[str, Any], prefix: str = "") -> list[list[str]]:

@@ -35,10 +35,10 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
     from .report import build_results, write_results
 
     root = opts.output_dir
+    if hasattr(suite, "check"):  # a missing input fails now, not after hours of training (and writes nothing)
+        suite.check(opts)
     state = RunState.open(root, suite.name, opts.settings())
     started = time.perf_counter()
-    if hasattr(suite, "check"):  # a missing input fails now, not after hours of training
-        suite.check(opts)
     try:
         membranes = train_stage(suite, opts, state, console)
         if hasattr(suite, "attack_stage"):  # the attack makes and judges its own images

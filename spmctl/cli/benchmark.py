@@ -46,6 +46,15 @@ def _list(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+COMMON = ("output_dir", "model", "train_config", "iterations", "devices", "device", "steps", "guidance", "width",
+          "height", "batch_size", "noise_scheduler", "precision")
+
+
+def _common(given: dict[str, Any]) -> dict[str, Any]:
+    """The options every suite shares, from a command's arguments."""
+    return {**{k: given[k] for k in COMMON}, "seeds": _seeds(given["seeds"])}
+
+
 def _run(suite_name: str, common: dict[str, Any], extra: dict[str, Any], quiet: bool) -> None:
     from ..benchmark.report import print_results
     from ..benchmark.run import run_benchmark
@@ -95,9 +104,7 @@ def unlearncanvas(
 
     if loader not in ("auto", "timm", "plain"):
         raise config_error(f"--loader {loader!r}: expected auto, timm or plain")
-    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
-                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
-                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    common = _common(locals())
     extra = {"styles": _list(styles), "objects": _list(objects), "style_classifier": style_classifier,
              "object_classifier": object_classifier, "loader": loader, "eval_styles": _list(eval_styles),
              "eval_objects": _list(eval_objects), "fid": fid, "fid_reference": fid_reference}
@@ -135,9 +142,7 @@ def i2p(
 
     if not 0.0 <= threshold <= 1.0:
         raise config_error(f"--threshold {threshold}: expected a score between 0 and 1")
-    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
-                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
-                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    common = _common(locals())
     extra = {"concepts": _list(concepts) or [], "data_root": data_root, "categories": _list(category),
              "limit": limit, "threshold": threshold, "classes": classes}
     _run("i2p", common, extra, quiet)
@@ -184,9 +189,7 @@ def unlearndiffatk(
         if sep and (not task.strip() or not name.strip()):
             raise config_error(f"--classifier {item!r}: expected NAME or TASK=NAME")
         judges["_".join(task.casefold().split()) if sep else "*"] = (name if sep else item).strip()
-    common = dict(output_dir=output_dir, model=model, train_config=train_config, iterations=iterations,
-                  devices=devices, device=device, seeds=_seeds(seeds), steps=steps, guidance=guidance, width=width,
-                  height=height, batch_size=batch_size, noise_scheduler=noise_scheduler, precision=precision)
+    common = _common(locals())
     extra = {"tasks": _list(tasks) or [], "prompts_dir": str(prompts_dir), "classifiers": judges,
              "attack_steps": attack_steps, "tokens": tokens, "lr": lr, "eval_every": eval_every}
     _run("unlearndiffatk", common, extra, quiet)
