@@ -27,9 +27,10 @@ from typing import Any
 
 import pluggy
 
-from . import __version__, hookspecs
+from . import hookspecs
 from .errors import SpmctlError, one_line
 from .providers import DatasetProvider, ImageClassifier, Metric, TemplateProvider
+from .version import __version__
 
 ENTRY_POINT_GROUP = "spmctl"
 ALLOW_ENV = "SPMCTL_PLUGINS"
@@ -298,3 +299,20 @@ def get_dataset(name: str) -> Any:
 
 def get_template(name: str) -> Any:
     return _guarded("register_templates", _lookup("template", name, get_templates()))
+
+
+def templates_having(name: str) -> list[str]:
+    """The templates that know `name` (case, spaces, `_` and `-` ignored, as they resolve it)."""
+    from .providers import resolve_name, template_names
+
+    found = []
+    for key, template in sorted(get_templates().items()):
+        names = template_names(template)
+        if not names:
+            continue
+        try:
+            resolve_name("name", name, names)
+        except Exception:  # noqa: S112 - "not there" is the answer here
+            continue
+        found.append(key)
+    return found

@@ -144,3 +144,9 @@ class ImageClassifier(Protocol):
     def predict(self, images: Sequence[Any]) -> list[str]:
         """One label (an entry of `labels`) per image (PIL images)."""
         ...
+
+
+def template_names(template: Any) -> list[str] | None:
+    """A template's names, or None when it takes any text (`concept`)."""
+    names = getattr(template, "names", None)
+    return list(names()) if callable(names) and names() is not None else None

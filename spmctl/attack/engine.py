@@ -57,7 +57,7 @@ class Engine(Protocol):
 
 
 def save_state(path: Path, item: Item) -> None:
-    from ..training.checkpoint import atomic_write
+    from ..fileio import atomic_write
 
     payload = {"state": item.state.to_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import write_text_atomic
+from ..fileio import write_text_atomic
 
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"

@@ -14,17 +14,20 @@ import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 
 from ..errors import ConfigError, SpmctlError, config_error
+from ..fileio import write_text_atomic
 from ..sampling.output import save_png, slug, to_pil
-from ..training.checkpoint import write_text_atomic
 from .config import AttackConfig
 from .engine import Item, load_state, save_state
 from .tokens import layout, word_vocab
+
+if TYPE_CHECKING:
+    from ..sampling.shard import Ranks
 
 SETTINGS = ("method", "model", "spm_sha256", "concept", "seed", "steps", "guidance", "width", "height",
             "budget", "ft")
@@ -88,15 +91,18 @@ def plan_items(cfg: AttackConfig, spms: list[Any]) -> list[Item]:
     return items
 
 
-def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = False) -> Path:
-    from ..distributed.shard import SampleShard, for_this_rank
+def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = False,
+               ranks: Ranks | None = None) -> Path:
+    """`ranks`: this process's place when several run (torchrun); the CLI passes the launcher's."""
     from ..models.loading import load_sd_model
+    from ..sampling.shard import OneProcess, SampleShard, for_this_rank
     from ..sampling.stack import MembraneStack, load_spms
     from .report import write_summary
     from .tokens import SlotPrompts
 
     console = console or Console(stderr=True, quiet=quiet)
-    cfg = for_this_rank(cfg)
+    ranks = ranks or OneProcess()
+    cfg = for_this_rank(cfg, ranks)
     if cfg.clip_skip > 1:
         raise config_error("clip_skip: spmctl attack conditions on the last layer only (clip_skip 1)")
     spms = load_spms(cfg.spms, cfg.concepts)
@@ -106,7 +112,7 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
     SlotPrompts(model.tokenizer, [it.layout for it in items], [it.label for it in items])  # token limit, early
     stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
     out = Path(cfg.output_dir)
-    share = SampleShard.open(out)
+    share = SampleShard.open(out, ranks)
     try:
         Attack(build_context(cfg, model, spms, stack), out, console, quiet).run(share.take(items))
     finally:

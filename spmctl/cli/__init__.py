@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
 from ..errors import SpmctlError, error_line
+from ..version import __version__
 from . import attack, benchmark, doctor, download, eval_cmd, export, names, plugins_cmd, sample, train
 from .helpfmt import grouped_help
 from .plugin_commands import builtin_commands, requested_command, with_plugin_commands

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Quiet, SetOption, collect_overrides, stderr_console
+from ..console import stderr_console
+from .common import Quiet, SetOption, collect_overrides
 
 Opt = typer.Option
 
@@ -90,6 +91,7 @@ def attack(
     from ..attack.run import run_attack
     from ..distributed.dist import dist_env
 
-    out = run_attack(cfg, console=stderr_console(quiet), quiet=quiet)
-    if dist_env().is_main:  # under torchrun rank 0 writes the summary: say so once
+    ranks = dist_env()
+    out = run_attack(cfg, console=stderr_console(quiet), quiet=quiet, ranks=ranks)
+    if ranks.is_main:  # under torchrun rank 0 writes the summary: say so once
         typer.echo(f"results: {out / 'results.json'}")

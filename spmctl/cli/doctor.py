@@ -115,8 +115,8 @@ def report(build: bool = False, output_dir: Path = Path(".")) -> dict[str, Any]:
     import torch
     from huggingface_hub import constants
 
-    from .. import __version__
     from ..ops import build as ops_build
+    from ..version import __version__
 
     kernel = _kernel(build)
     return {

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import Quiet, stderr_console
+from ..console import stderr_console
+from .common import Quiet
 
 if TYPE_CHECKING:
     from ..download import Source

@@ -41,9 +41,9 @@ def _evaluate(runs_dirs: list[Path], labels: str | None, metrics: list[str], opt
     Exit status 1 when any metric could not run (its line is on stderr; the others' results are
     still printed and written).
     """
+    from ..console import stderr_console
     from ..eval.base import evaluate_all, load_runs
     from ..eval.report import print_tables, write_report
-    from .common import stderr_console
 
     runs = load_runs(runs_dirs, labels, require_images=metrics != ["cost"])
     results = evaluate_all(runs, metrics, options)

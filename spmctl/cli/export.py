@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..console import stderr_console
 from ..names import DTYPES, either
-from .common import Quiet, stderr_console
+from .common import Quiet
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Export membranes as LoRA files or merge them into a model.")

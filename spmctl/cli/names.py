@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-
-
-def template_names(template: Any) -> list[str] | None:
-    """A template's names, or None when it takes any text (`concept`)."""
-    names = getattr(template, "names", None)
-    return list(names()) if callable(names) and names() is not None else None
-
-
-def templates_having(name: str) -> list[str]:
-    """The templates that know `name` (case, spaces, `_` and `-` ignored, as they resolve it)."""
-    from .. import plugins
-    from ..providers import resolve_name
-
-    found = []
-    for key, template in sorted(plugins.get_templates().items()):
-        names = template_names(template)
-        if not names:
-            continue
-        try:
-            resolve_name("name", name, names)
-        except Exception:  # noqa: S112 - "not there" is the answer here
-            continue
-        found.append(key)
-    return found
 
 
 def names(
@@ -39,6 +15,7 @@ def names(
     from rich.console import Console
 
     from .. import plugins
+    from ..providers import template_names
 
     if template is not None:
         names_ = template_names(plugins.get_template(template))

@@ -20,7 +20,7 @@ def list_plugins() -> None:
     from rich.table import Table
 
     from .. import plugins
-    from .common import table_console
+    from ..console import table_console
 
     infos = plugins.plugin_infos()
     by_name = {info.name: info for info in infos}

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from ..console import stderr_console
 from ..names import DTYPES, FT_METRICS, MODEL_SCHEDULER, NOISE_SCHEDULERS, either
-from .common import Quiet, SetOption, collect_overrides, stderr_console
+from .common import Quiet, SetOption, collect_overrides
 
 Opt = typer.Option
 
@@ -181,6 +182,7 @@ def sample(
 
         print_config_table(cfg, origin)
         return
+    from ..distributed.dist import dist_env
     from ..sampling.run import run_sampling
 
-    run_sampling(cfg, console=stderr_console(quiet), quiet=quiet, show_gates=show_gates)
+    run_sampling(cfg, console=stderr_console(quiet), quiet=quiet, show_gates=show_gates, ranks=dist_env())

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Quiet, SetOption, collect_overrides, stderr_console
+from ..console import stderr_console
+from .common import Quiet, SetOption, collect_overrides
 
 ConfigPath = Annotated[
     Path | None,

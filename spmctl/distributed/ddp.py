@@ -80,28 +80,3 @@ class DataParallel:
                     p.grad = part.clone()
                 else:
                     p.grad.copy_(part)
-
-    def batch_note(self, settings: Sequence[Any]) -> str | None:
-        """A warning when a prompt setting's batch does not split over the ranks (then every rank
-        computes that part whole: still correct, but no faster)."""
-        for s in settings:
-            anchors = s.sampling_batch_size if s.action == "erase_with_la" else 0
-            if s.batch_size % self.world_size and (not anchors or anchors % self.world_size):
-                return (f"DDP over {self.world_size} processes: neither prompt.batch_size ({s.batch_size}) nor "
-                        f"prompt.sampling_batch_size ({anchors}) splits evenly, so every process computes the "
-                        "whole batch (no speed-up); use sizes divisible by the number of processes")
-            if s.batch_size % self.world_size:
-                return (f"DDP over {self.world_size} processes: prompt.batch_size ({s.batch_size}) does not "
-                        "split evenly, so every process denoises the whole batch and only the anchors are "
-                        f"split; a batch_size divisible by {self.world_size} splits the denoising too")
-        return None
-
-
-class NullLogger:
-    """What ranks other than 0 log to: nothing (rank 0 logs the averaged terms)."""
-
-    def log(self, record: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -39,6 +39,17 @@ class DistEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    # the coordination `spmctl.sampling.shard.Ranks` asks for (sampling cannot import this package)
+    def join(self) -> None:
+        """Join the process group for coordination only: barriers, gloo on the CPU, a long timeout."""
+        init("cpu", collectives_on_device=False)
+
+    def barrier(self) -> None:
+        barrier()
+
+    def leave(self) -> None:
+        shutdown()
+
 
 def dist_env() -> DistEnv:
     """This process's place in the run, from the launcher's environment variables (one process if unset)."""

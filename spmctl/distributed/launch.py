@@ -36,7 +36,7 @@ def needs_scale_out(cfg: TrainConfig, spec: SweepSpec | None) -> bool:
 
 def train_scaled(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool = False) -> int:
     """Run a sweep and/or several processes; returns the exit code (non-zero if any concept failed)."""
-    from ..cli.common import stderr_console
+    from ..console import stderr_console
 
     spec = spec if spec is not None and spec.given else None
     if dist.launched_by_torchrun():  # we are one of torchrun's processes: rank 0 reports
@@ -103,7 +103,7 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
     """One process's work (rank 0 of 1 when nothing is distributed); returns its exit code."""
     import torch
 
-    from ..cli.common import stderr_console
+    from ..console import stderr_console
     from ..training.run import run_training
     from .ddp import DataParallel
 

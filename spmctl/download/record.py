@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import SpmctlError
-from ..fileio import honour_umask
+from ..fileio import write_text_atomic
 from .manifest import Source
 
 RECORD_NAME = ".spmctl-downloads.json"
@@ -64,18 +63,8 @@ def remember(root: Path, source: Source, dest: Path) -> str | None:
                               "files": sorted(files_under(dest))}
     text = json.dumps({"version": 1, "installed": installed}, indent=1, sort_keys=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{RECORD_NAME}.", suffix=".tmp", dir=root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            honour_umask(Path(tmp))  # mkstemp's 0600 would hide the record from teammates
-            os.replace(tmp, _path(root))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        return f"warning: cannot record the download in {_path(root)} ({exc.strerror or exc}); " \
+        write_text_atomic(_path(root), text)  # umask-honouring, so teammates can read the record
+    except SpmctlError as exc:  # the download itself succeeded: say so, don't fail it
+        return f"warning: cannot record the download ({exc}); " \
                "--force will refuse to replace it"
     return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -10,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpmctlError
+from ..image_index import MANIFEST, read_manifest
 
-MANIFEST = "manifest.jsonl"  # what `spmctl sample` writes (spmctl.sampling.output.MANIFEST)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 Scalar = float | int | str | None
@@ -68,19 +67,10 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
     Without a manifest (a folder of reference images, e.g. for FID) every image becomes a bare
     record, so such folders still work where no prompt or concept is needed.
     """
-    path = folder / MANIFEST
-    if not path.is_file():
+    if not (folder / MANIFEST).is_file():
         files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return [{"file": name} for name in files]
-    records: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by an interrupted `spmctl sample`
-            continue
-        if isinstance(record, dict) and "file" in record:
-            records[record["file"]] = record  # the last record for a file wins, as in sampling
-    return [r for r in records.values() if (folder / r["file"]).is_file()]
+    return [r for r in read_manifest(folder).values() if (folder / r["file"]).is_file()]
 
 
 def parse_labels(labels: str | None, count: int) -> list[str] | None:

@@ -42,7 +42,7 @@ def print_tables(results: Sequence[MetricResult]) -> None:
     def cell(value: Scalar) -> str:  # labels and columns are data, not rich markup ("[x]" must show)
         return escape(fmt(value))
 
-    from ..cli.common import table_console
+    from ..console import table_console
 
     console = table_console()  # fits the terminal (COLUMNS); unbounded when piped
     for result in results:

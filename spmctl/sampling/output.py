@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write, make_parents, remove_empty, write_error, write_text_atomic
+from ..image_index import MANIFEST, read_manifest
 from .generate import Job
 
-MANIFEST = "manifest.jsonl"
 GRID = "grid.png"
 # what must agree for an existing image to count as this run's image
 SETTINGS_KEYS = (
@@ -62,25 +62,6 @@ def file_names(jobs: Iterable[Job]) -> list[str]:
         owner.setdefault(stem, job)
         names.append(f"{stem}.png")
     return names
-
-
-def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """file name -> its last complete record."""
-    path = folder / MANIFEST
-    return read_records(path) if path.is_file() else {}
-
-
-def read_records(path: Path) -> dict[str, dict[str, Any]]:
-    """A JSON-lines manifest (or one process's part of it): file name -> its last complete record."""
-    records: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by an interruption
-            continue
-        if isinstance(record, dict) and "file" in record:
-            records[record["file"]] = record
-    return records
 
 
 def differing_setting(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -196,15 +177,11 @@ def write_grid(folder: Path, files: list[str], limit: int = 256, cell: int = 256
 def _grid_labels(folder: Path) -> dict[str, tuple[str, str]]:
     """file -> (prompt, "gates 0.93, 0.05") from the run's manifest.jsonl (what is there of it)."""
     out: dict[str, tuple[str, str]] = {}
-    manifest = folder / "manifest.jsonl"
-    if not manifest.is_file():
-        return out
-    for text in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+    for name, record in read_manifest(folder).items():
         try:
-            record = json.loads(text)
             gates = record.get("gates") or []
             shown = "gates " + ", ".join(f"{float(g):.2f}" for g in gates) if gates else "base model"
-            out[str(record["file"])] = (str(record.get("prompt", "")), shown)
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn line: that image keeps its file name as label
+            out[name] = (str(record.get("prompt", "")), shown)
+        except (ValueError, TypeError):
+            continue  # a malformed record: that image keeps its file name as label
     return out

@@ -13,12 +13,12 @@ from rich.console import Console
 
 from ..config.sample import SampleConfig
 from ..config.train import MAX_SEED
-from ..distributed.shard import SampleShard, for_this_rank
 from ..errors import SpmctlError
 from ..membrane.io import MembraneFile
 from ..providers import PromptRow
 from .generate import ImageSampler, Job, build_pipeline
 from .output import ManifestWriter, differing_setting, file_names, save_png, write_grid
+from .shard import OneProcess, Ranks, SampleShard, for_this_rank
 from .stack import MembraneStack, base_model_of, ft_scaling_for, load_spms, spm_gates
 
 
@@ -160,12 +160,15 @@ def _record(
 
 
 def run_sampling(
-    cfg: SampleConfig, console: Console | None = None, quiet: bool = False, show_gates: bool = False
+    cfg: SampleConfig, console: Console | None = None, quiet: bool = False, show_gates: bool = False,
+    ranks: Ranks | None = None,
 ) -> Path:
+    """`ranks`: this process's place when several run (torchrun); the CLI passes the launcher's."""
     from ..models.loading import load_sd_model
 
     console = console or Console(stderr=True, quiet=quiet)
-    cfg = for_this_rank(cfg)  # under torchrun: one GPU per process
+    ranks = ranks or OneProcess()
+    cfg = for_this_rank(cfg, ranks)  # under torchrun: one GPU per process
     rows = load_rows(cfg)
     spms = load_spms(cfg.spms, cfg.concepts)
     if cfg.multiplier is not None and len(cfg.multiplier) not in (1, len(spms)):
@@ -182,7 +185,7 @@ def run_sampling(
     # attach first: an SPM for another UNet fails here, before any output is touched
     stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
     try:
-        return _sample(cfg, model, rows, spms, stack, console, quiet, show_gates)
+        return _sample(cfg, model, rows, spms, stack, console, quiet, show_gates, ranks)
     finally:
         if stack is not None:
             stack.close()
@@ -197,6 +200,7 @@ def _sample(
     console: Console,
     quiet: bool,
     show_gates: bool,
+    ranks: Ranks,
 ) -> Path:
     prompts = list(dict.fromkeys(r.prompt for r in rows))
     gates, prompt_embeds = compute_gates(cfg, model, spms, prompts)
@@ -210,7 +214,7 @@ def _sample(
     names = file_names(jobs)
     out_dir = Path(cfg.output_dir)
     # under torchrun each process makes its share (names are decided over the whole run first)
-    share = SampleShard.open(out_dir)
+    share = SampleShard.open(out_dir, ranks)
     all_names, jobs, names = names, share.take(jobs), share.take(names)
     existing = share.read_manifest()
     records = [

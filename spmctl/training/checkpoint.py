@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import SpmctlError, one_line
-from ..fileio import atomic_write, write_text_atomic
+from ..fileio import atomic_write
 from .folder import STATE_SUFFIX
 
 
@@ -60,4 +60,4 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
-__all__ = ["all_finite", "atomic_write", "load_state", "save_state", "state_path", "write_text_atomic"]
+__all__ = ["all_finite", "load_state", "save_state", "state_path"]

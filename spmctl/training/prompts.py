@@ -60,8 +60,8 @@ def _resolve(cfg: TrainConfig, warn: Callable[[str], None]) -> list[PromptSettin
 def _template_settings(provider: Any, template: str, name: str) -> list[dict[str, Any]]:
     """The template's settings for `name`; an unknown name is a config error (exit 2) that lists
     close names and says which other template has it."""
-    from ..cli.names import templates_having
     from ..errors import SpmctlError
+    from ..plugins import templates_having
 
     try:
         return provider.prompt_settings(name)

@@ -21,12 +21,13 @@ from .folder import RunFolder
 from .objective import Embeds, SPMObjective
 from .optim import build_lr_scheduler, build_optimizer, check_optimizer_args
 from .original import membrane_dtypes, scheduler_config
+from .parallel import batch_note
 from .prompts import concept_names, resolve_prompt_settings
 from .resume import check_resumable, run_settings
 from .signals import EXIT_CODES, QuitNow, deferred_stop
 
 if TYPE_CHECKING:
-    from ..distributed.ddp import DataParallel
+    from .parallel import Parallel
 
 
 def slug(text: str) -> str:
@@ -104,10 +105,11 @@ def check_inputs(model: Any, settings: list[Any], device: str, warn: Any) -> Non
 
 
 def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
-                 ddp: DataParallel | None = None, resume_hint: str = "continue with --resume") -> Path:
+                 ddp: Parallel | None = None, resume_hint: str = "continue with --resume") -> Path:
     """Train; returns the path of `<name>_last.safetensors`.
 
-    `ddp`: this process is one rank of a data-parallel run (spmctl.distributed); only rank 0 writes.
+    `ddp`: this process is one rank of a data-parallel run (spmctl.distributed passes its
+    `DataParallel`); only rank 0 writes.
     `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
     run = TrainingRun(cfg, console, quiet, ddp, resume_hint)
     failed = True
@@ -129,7 +131,7 @@ class TrainingRun:
     `save` is the only writer of checkpoints (every `save.per_steps`, on Ctrl-C/SIGTERM, on a
     non-finite loss, at the end), so what a run leaves behind is decided in one place."""
 
-    def __init__(self, cfg: TrainConfig, console: Console | None, quiet: bool, ddp: DataParallel | None,
+    def __init__(self, cfg: TrainConfig, console: Console | None, quiet: bool, ddp: Parallel | None,
                  resume_hint: str) -> None:
         self.cfg, self.ddp, self.resume_hint = cfg, ddp, resume_hint
         self.main = ddp is None or ddp.is_main
@@ -172,7 +174,7 @@ class TrainingRun:
         state = ddp.from_main(self._open_folder) if ddp is not None else self._open_folder()
         if state is not None:
             check_resumable(self.folder.state, state["extra"], run_settings(cfg, self.settings))
-        if ddp is not None and self.main and (note := ddp.batch_note(self.settings)):
+        if ddp is not None and self.main and (note := batch_note(ddp.world_size, self.settings)):
             self.warn(note)
 
         if cfg.other.use_xformers:
@@ -342,7 +344,7 @@ class TrainingRun:
 
 
 def _null_logger() -> Any:
-    from ..distributed.ddp import NullLogger
+    from .parallel import NullLogger
 
     return NullLogger()
 

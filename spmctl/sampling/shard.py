@@ -6,31 +6,78 @@ of what is already on disk, so ranks agree without talking. Each rank appends to
 `manifest.rank<R>.jsonl`; after a barrier rank 0 merges the parts into `manifest.jsonl` (in run
 order) and removes them. Readers take `manifest.jsonl` and any parts an interrupted run left
 behind, so a re-run, with any number of processes, skips every image already made.
+
+Who this process is, and how it waits for the others, comes in as a `Ranks` (the front end passes
+`spmctl.distributed.dist_env()`): sampling sits below the distributed layer and never imports it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..fileio import write_text_atomic
-from ..sampling.output import MANIFEST, ManifestWriter, read_manifest, read_records
-from . import dist
+from ..image_index import MANIFEST, read_manifest, read_records
+from .output import ManifestWriter
 
 T = TypeVar("T")
 PART_GLOB = "manifest.rank*.jsonl"
+
+
+class Ranks(Protocol):
+    """This process's place in a multi-process run, and the coordination sampling needs."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def local_rank(self) -> int: ...
+    @property
+    def is_main(self) -> bool: ...
+    @property
+    def distributed(self) -> bool: ...
+
+    def join(self) -> None:
+        """Join the others for barriers (a no-op for one process)."""
+
+    def barrier(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OneProcess:
+    """The `Ranks` of an ordinary run: rank 0 of 1, nothing to wait for."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    is_main: bool = True
+    distributed: bool = False
+
+    def join(self) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
 
 
 def part_path(folder: Path, rank: int) -> Path:
     return folder / f"manifest.rank{rank}.jsonl"
 
 
-def for_this_rank(cfg: Any) -> Any:
+def for_this_rank(cfg: Any, ranks: Ranks) -> Any:
     """A SampleConfig for this process: under torchrun, 'auto'/'cuda' means cuda:LOCAL_RANK (one GPU each)."""
-    env = dist.dist_env()
-    if env.distributed and cfg.device in ("auto", "cuda") and dist.is_cuda("0"):
-        return cfg.model_copy(update={"device": f"cuda:{env.local_rank}"})
+    import torch
+
+    if ranks.distributed and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        return cfg.model_copy(update={"device": f"cuda:{ranks.local_rank}"})
     return cfg
 
 
@@ -42,15 +89,14 @@ def _part_rank(path: Path) -> int:
 class SampleShard:
     """This process's share of a sampling run and where it records what it made."""
 
-    def __init__(self, folder: Path, env: dist.DistEnv) -> None:
+    def __init__(self, folder: Path, env: Ranks) -> None:
         self.folder = folder
         self.env = env
 
     @classmethod
-    def open(cls, folder: Path) -> SampleShard:
-        env = dist.dist_env()
-        dist.init("cpu", collectives_on_device=False)  # barriers only: gloo, long timeout
-        return cls(folder, env)
+    def open(cls, folder: Path, ranks: Ranks) -> SampleShard:
+        ranks.join()  # barriers only
+        return cls(folder, ranks)
 
     @property
     def is_main(self) -> bool:
@@ -76,7 +122,7 @@ class SampleShard:
     def close(self, all_names: list[str]) -> None:
         """After every rank is done: rank 0 merges the parts into `manifest.jsonl`; parts go away."""
         try:
-            dist.barrier()
+            self.env.barrier()
             if not self.is_main:
                 return
             parts = list(self.folder.glob(PART_GLOB))
@@ -93,7 +139,7 @@ class SampleShard:
             for part in parts:
                 part.unlink(missing_ok=True)
         finally:
-            dist.shutdown()
+            self.env.leave()
 
 
 class _PartWriter(ManifestWriter):
