@@ -141,6 +141,7 @@ def sample_folder(root: Path, label: str) -> Path:
 def sample_stage(suite: Any, opts: Options, state: RunState, console: Console,
                  membranes: dict[str, Path]) -> dict[str, Path]:
     """The base model's images and each membrane's, one folder each; returns label -> folder."""
+    from ..distributed.dist import dist_env
     from ..sampling.run import run_sampling
 
     state.stage("sample", status="running")
@@ -151,7 +152,7 @@ def sample_stage(suite: Any, opts: Options, state: RunState, console: Console,
         before = _images(folder)
         started = time.perf_counter()
         console.print(f"benchmark: sampling {label} -> {folder}", highlight=False)
-        run_sampling(cfg, console=console, quiet=opts.quiet)
+        run_sampling(cfg, console=console, quiet=opts.quiet, ranks=dist_env())  # shares under torchrun
         made = _images(folder) - before
         if made and "seconds_per_image" not in state.costs:  # warm-up: the first run that generated images
             state.costs["seconds_per_image"] = (time.perf_counter() - started) / made
@@ -170,7 +171,7 @@ def _images(folder: Path) -> int:
 # -- eval ----------------------------------------------------------------------------------------
 
 def manifest_digest(folder: Path) -> str:
-    from ..sampling.output import MANIFEST
+    from ..image_index import MANIFEST
 
     path = folder / MANIFEST
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""

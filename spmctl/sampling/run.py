@@ -121,7 +121,7 @@ def compute_gates(
 def print_gates(prompts: list[str], spms: list[MembraneFile], gates: torch.Tensor) -> None:
     from rich.table import Table
 
-    from ..cli.common import table_console
+    from ..console import table_console
 
     table = Table("prompt", *(f"{s.name} ({', '.join(s.concepts) or '-'})" for s in spms), box=None)
     for prompt, row in zip(prompts, gates.tolist(), strict=True):
