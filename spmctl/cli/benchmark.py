@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Quiet, stderr_console, table_console
+from ..console import stderr_console, table_console
+from .common import Quiet
 
 Opt = typer.Option
 
