@@ -186,11 +186,12 @@ def eval_stage(suite: Any, opts: Options, state: RunState, console: Console,
 
     state.stage("eval", status="running")
     score = suite.scorer(opts)
+    evaluator_files = evaluator_digests(opts)  # a classifier file replaced in place: score again
     rows: dict[str, dict[str, Any]] = {}
     evaluator: dict[str, Any] = {}
     for label, folder in folders.items():
         cache = opts.output_dir / "eval" / f"{folder.name}.json"
-        key = {"manifest": manifest_digest(folder), "settings": opts.settings()}
+        key = {"manifest": manifest_digest(folder), "settings": opts.settings(), "evaluator": evaluator_files}
         cached = _read_json(cache)
         if cached.get("key") == key:
             rows[label], evaluator = cached["row"], cached["pins"]
@@ -212,6 +213,17 @@ def eval_stage(suite: Any, opts: Options, state: RunState, console: Console,
 def training_pins(opts: Options) -> dict[str, Any]:
     return {"iterations": train_config(opts, opts.output_dir / "train").train.iterations, "seed": opts.train_seed,
             "config": str(opts.train_config) if opts.train_config else None}
+
+
+def evaluator_digests(opts: Options) -> dict[str, str]:
+    """SHA-256 of every evaluator option that names a file (classifier checkpoints)."""
+    from ..eval.classifiers import file_sha256
+
+    out = {}
+    for key, value in sorted(opts.extra.items()):
+        if isinstance(value, str) and key.endswith("classifier") and Path(value).is_file():
+            out[key] = file_sha256(Path(value))
+    return out
 
 
 # -- estimate ------------------------------------------------------------------------------------
