@@ -50,10 +50,10 @@ def make_membrane(unet, folder: Path) -> Path:
 def setup(args, folder: Path):
     from spmctl.attack.config import load_attack_config
     from spmctl.attack.run import Attack, build_context, plan_items
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
     from spmctl.sampling.stack import MembraneStack, load_spms
 
-    model = load_sd_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     path = make_membrane(model.unet, folder)
     prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
     cfg, _ = load_attack_config(None, {
@@ -61,7 +61,7 @@ def setup(args, folder: Path):
         "width": args.size, "height": args.size, "attack_steps": args.attack_steps, "tokens": args.tokens,
         "population": args.population, "batch_size": args.batch_size, "device": args.device})
     spms = load_spms(cfg.spms)
-    stack = MembraneStack(model.unet, spms)
+    stack = MembraneStack(model, spms)
     ctx = build_context(cfg, model, spms, stack)
     attack = Attack(ctx, folder, None, quiet=True)  # type: ignore[arg-type]
     return cfg, model, spms, stack, ctx, attack, plan_items
@@ -161,7 +161,7 @@ def reference_unlearndiffatk(ctx, items, args) -> None:
             ids = prompts.with_tokens(ids_vocab)
             hidden = encode_with_slots(te, ids, prompts.mask, proj)
             text = tok.decode(ids[0, 1 : 1 + len(it.layout.items) + it.layout.slots])
-            ctx.set_gates(ft_gates(tok, te, [text], concepts))
+            ctx.set_gates(ft_gates(model, [text], concepts))
             noise = torch.randn_like(it.x0)
             t = TIMESTEPS[(step // STEPS_PER_T) % len(TIMESTEPS)]
             a = alphas[t]

@@ -56,7 +56,7 @@ def sd15_shaped_model():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from spmctl.models.loading import SDModel
+    from spmctl.families import ModelBundle, get_family
     from spmctl.models.tiny import SCHEDULER_CONFIG, build_tiny_tokenizer
 
     torch.manual_seed(0)
@@ -84,7 +84,8 @@ def sd15_shaped_model():
     ).eval()
     for part in (unet, vae, text):
         part.requires_grad_(False)
-    return SDModel(tokenizer, text, unet, vae, dict(SCHEDULER_CONFIG), "random weights, SD 1.x shapes")
+    return ModelBundle(get_family("sd1"), "random weights, SD 1.x shapes", unet, vae, dict(SCHEDULER_CONFIG),
+                       (tokenizer,), (text,))
 
 
 def save_sd15_shaped(folder: str | Path, dtype: str = "float16", device: str = "cpu") -> Path:
@@ -155,7 +156,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
     from spmctl.sampling.ft import concept_bank, concept_scores, membrane_gates
     from spmctl.sampling.generate import ImageSampler, Job, build_pipeline
     from spmctl.sampling.stack import MembraneStack, load_spms
@@ -167,7 +168,7 @@ def main() -> None:
         for part in (model.unet, model.vae, model.text_encoder):
             part.to(device=args.device, dtype=torch_dtype(args.precision))
     else:
-        model = load_sd_model(args.model, dtype=args.precision, device=args.device)
+        model = load_model(args.model, dtype=args.precision, device=args.device)
     prompts = [PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" {i}") for i in range(args.prompts)]
     jobs = [Job(p, 100 + i, 0, 7.5, args.size, args.size, i) for i, p in enumerate(prompts)]
     batches = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
@@ -181,11 +182,11 @@ def main() -> None:
 
     concepts = [s.concepts for s in spms]
     start = time.perf_counter()
-    bank = concept_bank(model.tokenizer, model.text_encoder, concepts)
+    bank = concept_bank(model, concepts)
     t_bank = time.perf_counter() - start
 
     def gates_for(texts: list[str], embeds=None) -> torch.Tensor:
-        scores = concept_scores(model.tokenizer, model.text_encoder, texts, bank, prompt_embeds=embeds)
+        scores = concept_scores(model, texts, bank, prompt_embeds=embeds)
         return membrane_gates(scores, bank)
 
     def spmctl_ft() -> None:
@@ -201,7 +202,7 @@ def main() -> None:
     # two measurements of a round are seconds apart); images/s are from the fastest of each.
     def run_ft() -> float:
         nonlocal stack
-        stack = MembraneStack(model.unet, spms)
+        stack = MembraneStack(model, spms)
         try:
             return timed(spmctl_ft, args.runs)
         finally:
@@ -219,7 +220,7 @@ def main() -> None:
     t_plain, t_ft = min(plain_times), min(ft_times)
     overhead = statistics.median(f / p for f, p in zip(ft_times, plain_times, strict=True)) - 1.0
 
-    single = MembraneStack(model.unet, spms[:1])  # the original's one adapter, rebuilt per prompt
+    single = MembraneStack(model, spms[:1])  # the original's one adapter, rebuilt per prompt
 
     def original() -> None:
         for job in jobs:

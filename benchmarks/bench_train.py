@@ -86,10 +86,11 @@ class Bench:
         sys.path.insert(0, str(HERE))
         from original_loop import train
 
-        from spmctl.models.loading import load_sd_model, make_scheduler
+        from spmctl.families import load_model
+        from spmctl.models.loading import make_scheduler
         from spmctl.training.original import ORIGINAL_SCHEDULER_CONFIG
 
-        model = load_sd_model(self.cfg.pretrained_model.ckpt_path)  # fresh: the loop attaches to its UNet
+        model = load_model(self.cfg.pretrained_model.ckpt_path)  # fresh: the loop attaches to its UNet
         result = train(model, lambda: make_scheduler("ddim", ORIGINAL_SCHEDULER_CONFIG), self.settings,
                        self.cfg.train.iterations, self.cfg.train.max_denoising_steps, self.cfg.train.lr,
                        self.cfg.seed, self.ks, as_written=as_written)
@@ -102,15 +103,16 @@ class Bench:
         """The partial denoising of every iteration alone, as spmctl runs it."""
         import torch
 
+        from spmctl.families import load_model
         from spmctl.membrane import MembraneNetwork
-        from spmctl.models.loading import load_sd_model, make_scheduler
+        from spmctl.models.loading import make_scheduler
         from spmctl.training.objective import SPMObjective
         from spmctl.training.run import _embeds
 
-        model = load_sd_model(self.cfg.pretrained_model.ckpt_path)
-        network = MembraneNetwork(model.unet, rank=self.cfg.network.rank, alpha=self.cfg.network.alpha)
-        objective = SPMObjective(model.unet, network, lambda: make_scheduler("ddim", model.scheduler_config),
-                                 self.cfg.train.max_denoising_steps, model.vae_scale_factor)
+        model = load_model(self.cfg.pretrained_model.ckpt_path)
+        network = MembraneNetwork.for_model(model, rank=self.cfg.network.rank, alpha=self.cfg.network.alpha)
+        objective = SPMObjective(model, network, lambda: make_scheduler("ddim", model.scheduler_config),
+                                 self.cfg.train.max_denoising_steps)
         embeds = _embeds(model, [self.settings], 1)[0]
         gen = torch.Generator().manual_seed(0)
         res = self.settings.resolution

@@ -10,8 +10,10 @@
 
 While attached, every call of the pipeline scores its text prompts against each membrane's
 erased concepts (the same FT gates as `spmctl sample`) and opens each membrane that far for that
-prompt's images; with `multiplier=` the gates are fixed instead. It works with the Stable
-Diffusion 1.x/2.x pipelines (anything whose `__call__` goes through `encode_prompt` and `unet`).
+prompt's images; with `multiplier=` the gates are fixed instead. It works with the pipelines of the
+model families that can take one (`ModelFamily.bundle_from_pipeline`; SD 1.x/2.x: anything whose
+`__call__` goes through `encode_prompt` and `unet`). `family=` names the family; by default the one
+whose pipeline class it is.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Membranes:
         ft_metric: str = "clipcos_tokenuni",
         facilitate_factor: float = 1.0,
         compat: str = "default",
+        family: str | None = None,
     ) -> None:
         from .names import FT_METRICS
         from .sampling.stack import MembraneStack, load_spms
@@ -44,10 +47,11 @@ class Membranes:
             raise SpmctlError(f"ft_metric {ft_metric!r}: expected one of {', '.join(FT_METRICS)}")
         if compat not in ("default", "original"):
             raise SpmctlError(f"compat {compat!r}: expected 'default' or 'original'")
-        for part in ("unet", "tokenizer", "text_encoder", "encode_prompt"):
-            if not hasattr(pipe, part):
-                raise SpmctlError(f"{type(pipe).__name__} has no {part}: attach needs a Stable Diffusion pipeline")
+        if not hasattr(pipe, "encode_prompt"):
+            raise SpmctlError(f"{type(pipe).__name__} has no encode_prompt: attach needs a diffusers "
+                              "text-to-image pipeline")
         self.pipe = pipe
+        self.model = _bundle(pipe, family)
         self.spms = load_spms([str(p) for p in spms], list(concepts) if concepts is not None else None)
         if isinstance(multiplier, int | float):
             multiplier = [float(multiplier)]
@@ -56,7 +60,7 @@ class Membranes:
         self.last_gates = None
         if self.multiplier is not None:
             self.gates([""])  # a wrong number of multipliers fails here, not inside the first call
-        self._stack = MembraneStack(pipe.unet, self.spms, compat)
+        self._stack = MembraneStack(self.model, self.spms, compat)
         self._encode_prompt = pipe.encode_prompt
         pipe.encode_prompt = self._gated_encode_prompt  # the instance attribute wins over the method
 
@@ -64,7 +68,7 @@ class Membranes:
         """(P, N) tensor: the gate each membrane gets for each prompt."""
         from .sampling.stack import spm_gates
 
-        return spm_gates(self.pipe.tokenizer, self.pipe.text_encoder, list(prompts), self.spms,
+        return spm_gates(self.model, list(prompts), self.spms,
                          multiplier=self.multiplier, metric=self.ft_metric,
                          factor=self.facilitate_factor, compat=self.compat)
 
@@ -100,6 +104,22 @@ class Membranes:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+def _bundle(pipe: Any, family: str | None) -> Any:
+    """The loaded-model view of `pipe` its family gives (named, or the one whose pipeline class it is)."""
+    from .families import families, get_family
+
+    if family is not None:
+        chosen = get_family(family, key="family")
+    else:
+        from .families import ModelProbe
+
+        probe = ModelProbe(type(pipe).__name__, "pipeline", model_index={"_class_name": type(pipe).__name__})
+        chosen = next((f for f in families().values() if f.detect(probe)), None)
+        if chosen is None:
+            raise SpmctlError(f"{type(pipe).__name__}: no model family takes this pipeline; pass family=")
+    return chosen.bundle_from_pipeline(pipe, type(pipe).__name__)
 
 
 def attach(pipe: Any, spms: Sequence[str | Path] | str | Path, **options: Any) -> Membranes:

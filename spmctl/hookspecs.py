@@ -38,6 +38,13 @@ def register_classifiers(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_families(register: Callable[[Any], None]) -> None:
+    """Register model families (`spmctl.providers.ModelFamilyProvider`; subclass
+    `spmctl.families.ModelFamily`): how a kind of model is detected, loaded, conditioned, trained,
+    sampled and exported. `pretrained_model.family` (or detection) picks one."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the Typer app `cli` (e.g. `@cli.command()`).
 

@@ -1,6 +1,6 @@
 """The plugin manager: spmctl's default plugins and third-party ones, loaded once, lazily.
 
-spmctl's own providers (datasets, templates, metrics) are default plugins: modules registered on the
+spmctl's own providers (datasets, templates, metrics, model families) are default plugins: modules registered on the
 same pluggy manager, with the same hooks, as a third-party package's entry point (`spmctl` group).
 Whatever a plugin does wrong (raising anything, `SystemExit` and `KeyboardInterrupt` included, at
 import or in a hook; registering an object of the wrong kind; reusing a taken name) is contained
@@ -29,7 +29,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import SpmctlError, one_line
-from .providers import DatasetProvider, ImageClassifier, Metric, TemplateProvider
+from .providers import DatasetProvider, ImageClassifier, Metric, ModelFamilyProvider, TemplateProvider
 from .version import __version__
 
 ENTRY_POINT_GROUP = "spmctl"
@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "eval-unlearncanvas": "spmctl.eval.unlearncanvas",
     "eval-quality": "spmctl.eval.quality",
     "eval-cost": "spmctl.eval.cost",
+    "family-sd1": "spmctl.families.sd1",
 }
 
 pm = pluggy.PluginManager("spmctl")
@@ -76,6 +77,8 @@ KINDS: dict[str, Kind] = {k.hook: k for k in (
     Kind("register_templates", "template", TemplateProvider, "name, description, names() and prompt_settings()"),
     Kind("register_metrics", "metric", Metric, "name, description and evaluate()"),
     Kind("register_classifiers", "classifier", ImageClassifier, "name, kind, labels and predict()"),
+    Kind("register_families", "model family", ModelFamilyProvider,
+         "the spmctl.families.ModelFamily interface: name, tiny_names, detect(), load(), ..."),
 )}
 
 _loaded = False

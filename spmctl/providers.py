@@ -1,4 +1,5 @@
-"""The interfaces plugins implement (datasets, templates, metrics, classifiers), and the rows datasets yield.
+"""The interfaces plugins implement (datasets, templates, metrics, classifiers, model families), and the
+rows datasets yield.
 
 Each is `runtime_checkable`: the plugin manager checks every registered object against its kind's
 interface and refuses (one line naming the plugin) what does not fit.
@@ -146,7 +147,34 @@ class ImageClassifier(Protocol):
         ...
 
 
-def template_names(template: Any) -> list[str] | None:
-    """A template's names, or None when it takes any text (`concept`)."""
-    names = getattr(template, "names", None)
-    return list(names()) if callable(names) and names() is not None else None
+@runtime_checkable
+class ModelFamilyProvider(Protocol):
+    """A model family (SD 1.x, SDXL, ...): what the plugin manager checks a registered family against.
+
+    The whole interface, with its defaults, is `spmctl.families.ModelFamily` (subclass it); these are
+    the members every family must have for spmctl to find and load its models.
+    """
+
+    name: str
+    description: str
+    tiny_names: tuple[str, ...]
+
+    def detect(self, probe: Any) -> bool:
+        """Whether a model (`spmctl.families.ModelProbe`) is of this family."""
+        ...
+
+    def load(self, source: str, options: Any) -> Any:
+        """Load a model (`spmctl.families.LoadOptions`) into a `spmctl.families.ModelBundle`."""
+        ...
+
+    def membrane_targets(self, denoiser: Any) -> list[Any]:
+        """The denoiser's layers that carry membranes."""
+        ...
+
+    def encode(self, model: Any, prompts: list[str], *, clip_skip: int = 1) -> Any:
+        """Prompts -> a `spmctl.families.Conditioning`."""
+        ...
+
+    def predict(self, model: Any, latents: Any, t: Any, cond: Any) -> Any:
+        """The denoiser's prediction."""
+        ...

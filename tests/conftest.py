@@ -74,7 +74,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny model saved as a diffusers folder (what a downloaded model looks like)."""
-    from spmctl.models.tiny import save_tiny_pipeline
+    from spmctl.families.sd1.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -140,8 +140,8 @@ def make_spm(
     """A membrane for the tiny UNet with random nonzero weights from a fixed seed."""
     import torch
 
+    from spmctl.families.sd1.tiny import build_tiny_unet
     from spmctl.membrane import MembraneNetwork, save_membrane
-    from spmctl.models.tiny import build_tiny_unet
 
     net = MembraneNetwork(build_tiny_unet(), rank=rank, alpha=alpha)
     gen = torch.Generator().manual_seed(seed)
@@ -166,9 +166,9 @@ def spms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny():
     """The built-in tiny model, loaded once per module (tests attach membranes to it)."""
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
 
-    return load_sd_model("tiny")
+    return load_model("tiny")
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

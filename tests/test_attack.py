@@ -63,9 +63,9 @@ STEPS = 12
 
 @pytest.fixture(scope="module")
 def tiny():
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
 
-    return load_sd_model("tiny")
+    return load_model("tiny")
 
 
 @pytest.fixture(scope="module", params=list(METHODS))
@@ -79,7 +79,7 @@ def searched(request, tiny, spm: Path, tmp_path_factory: pytest.TempPathFactory)
                   steps=3, attack_steps=STEPS, seeds=[7], device="cpu")
     cfg, _ = load_attack_config(None, values)
     spms = load_spms(cfg.spms)
-    stack = MembraneStack(tiny.unet, spms)
+    stack = MembraneStack(tiny, spms)
     try:
         ctx = build_context(cfg, tiny, spms, stack)
         items = plan_items(cfg, spms)

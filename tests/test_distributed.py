@@ -71,22 +71,22 @@ def test_shards_average_to_the_full_batch_gradient(tiny_objective, batch: int, a
 
 @pytest.fixture(scope="module")
 def tiny_objective():
+    from spmctl.families import load_model
     from spmctl.membrane import MembraneNetwork
-    from spmctl.models.loading import load_sd_model, make_scheduler
+    from spmctl.models.loading import make_scheduler
     from spmctl.training.objective import SPMObjective
     from spmctl.training.prompts import resolve_prompt_settings
     from spmctl.training.run import _embeds
 
     cfg = load_train_config(None, CONFIG)[0]
-    model = load_sd_model("tiny")
+    model = load_model("tiny")
     torch.manual_seed(0)
     network = MembraneNetwork(model.unet)
     params = network.trainable_parameters()
     with torch.no_grad():  # a trained-looking membrane, so that every gradient is nonzero
         for p in params:
             p.add_(torch.randn_like(p) * 0.05)
-    objective = SPMObjective(model.unet, network, lambda: make_scheduler("ddim", model.scheduler_config),
-                             4, model.vae_scale_factor)
+    objective = SPMObjective(model, network, lambda: make_scheduler("ddim", model.scheduler_config), 4)
     return objective, _embeds(model, resolve_prompt_settings(cfg), 1)[0], params
 
 

@@ -37,9 +37,9 @@ def _diffusers_images(pipe, prompts: list[str], seeds: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("scale", [0.6])
 def test_exported_lora_in_diffusers_matches_spmctl_multiplier(tmp_path, spms, tiny, scale):  # noqa: F811
     pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft")
-    from spmctl.models.tiny import build_tiny_pipeline
+    from spmctl.families.sd1.tiny import build_tiny_pipeline
 
-    lora = export_lora(spms["cat"], tmp_path / "cat_lora.safetensors", unet=tiny.unet)
+    lora = export_lora(spms["cat"], tmp_path / "cat_lora.safetensors", model=tiny)
     pipe = build_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(lora), adapter_name="cat")
@@ -91,11 +91,11 @@ def test_merge_is_exact_and_matches_fixed_multipliers(tmp_path, spms, tiny):  # 
 
 
 def test_merged_model_matches_sampling_at_the_fixed_multiplier(tmp_path, spms, tiny):  # noqa: F811
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
 
     items = [Weighted(spms["cat"], 0.7), Weighted(spms["dog"], 0.4)]
     folder = export_model("tiny", items, tmp_path / "merged")
-    merged = load_sd_model(str(folder))
+    merged = load_model(str(folder))
     prompts, seeds = ["a cat", "a red car"], [7, 8]
     ours = generate(merged, [], prompts, torch.zeros(2, 0), seeds=seeds)
     fixed = generate(tiny, [spms["cat"], spms["dog"]], prompts, torch.tensor([[0.7, 0.4]] * 2), seeds=seeds)
@@ -121,8 +121,8 @@ def test_merged_model_matches_sampling_at_the_fixed_multiplier(tmp_path, spms, t
 
 
 def test_refusals(tmp_path, spms, tiny):  # noqa: F811
+    from spmctl.families.sd1.tiny import build_tiny_unet
     from spmctl.membrane import MembraneNetwork, save_membrane
-    from spmctl.models.tiny import build_tiny_unet
 
     with pytest.raises(SpmctlError, match="non-finite"):
         export_model("tiny", [Weighted(spms["cat"], 1e39)], tmp_path / "inf")
@@ -136,7 +136,7 @@ def test_refusals(tmp_path, spms, tiny):  # noqa: F811
     with pytest.raises(SpmctlError, match="not a membrane for the same UNet"):
         export_merged([Weighted(spms["cat"]), Weighted(other)], tmp_path / "x.safetensors")
     with pytest.raises(SpmctlError, match="not a membrane for this UNet"):
-        export_lora(other, tmp_path / "y.safetensors", unet=tiny.unet)
+        export_lora(other, tmp_path / "y.safetensors", model=tiny)
     missing = run_spmctl("export", "merge", f"{tmp_path / 'nope.safetensors'}:0.5", "-o", str(tmp_path / "z"))
     assert missing.returncode == 1 and missing.stderr.strip().endswith("nope.safetensors")
     assert "SPM file not found" in missing.stderr and "Traceback" not in missing.stderr

@@ -30,10 +30,10 @@ SETTINGS = PromptSettings(target="cat", positive="cat", neutral="", resolution=6
 @pytest.fixture(scope="module")
 def setup():
     """The tiny model, a membrane with nonzero weights (so ON differs from OFF), the embeddings."""
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
     from spmctl.models.text import encode_prompts
 
-    model = load_sd_model("tiny")
+    model = load_model("tiny")
     net = MembraneNetwork(model.unet)
     gen = torch.Generator().manual_seed(3)
     for p in net.trainable_parameters():
@@ -44,8 +44,7 @@ def setup():
 
 def objective(model, net, name: str = "ddim", compat: str = "default") -> SPMObjective:
     config = scheduler_config(compat, model.scheduler_config)
-    return SPMObjective(model.unet, net, lambda: make_scheduler(name, config), MAX_STEPS,
-                        model.vae_scale_factor, compat)
+    return SPMObjective(model, net, lambda: make_scheduler(name, config), MAX_STEPS, compat)
 
 
 def eps(model, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
@@ -62,15 +61,15 @@ def restated_loss(model, net, e: Embeds, seed: int, scheduler, original: bool) -
     scheduler.set_timesteps(MAX_STEPS)
     with torch.no_grad(), net.gated(1.0):  # k steps, membrane ON, CFG 3 on [uncond, target]
         for t in scheduler.timesteps[:k]:
-            e_u, e_c = eps(model, torch.cat([x, x]), t, torch.cat([e.unconditional, e.target])).chunk(2)
+            e_u, e_c = eps(model, torch.cat([x, x]), t, torch.cat([e.unconditional.embeds, e.target.embeds])).chunk(2)
             x = scheduler.step(e_u + 3 * (e_c - e_u), t, x).prev_sample
     scheduler.set_timesteps(1000)
     t = scheduler.timesteps[int(k * 1000 / MAX_STEPS)]
-    anchors = sample_anchors(e.target, s.sampling_batch_size, gen)
+    anchors = sample_anchors(e.target.embeds, s.sampling_batch_size, gen)
     with torch.no_grad(), net.gated(0.0):
-        e_pos, e_neu = eps(model, x, t, e.positive), eps(model, x, t, e.neutral)
+        e_pos, e_neu = eps(model, x, t, e.positive.embeds), eps(model, x, t, e.neutral.embeds)
     with net.gated(1.0):
-        e_tgt = eps(model, x, t, e.target)
+        e_tgt = eps(model, x, t, e.target.embeds)
     erase = F.mse_loss(e_tgt, e_neu - s.guidance_scale * (e_pos - e_neu))
     if not original:  # every anchor against its own latent
         with net.gated(1.0):
@@ -80,7 +79,7 @@ def restated_loss(model, net, e: Embeds, seed: int, scheduler, original: bool) -
         return float((erase + s.la_strength * F.mse_loss(on, off)).detach())
     # the original: batch [uncond, s1, uncond, s2, ...], latents doubled as for CFG, guidance 1 keeps
     # the second half of the prediction
-    batch = torch.cat([torch.cat([e.unconditional, a[None]]) for a in anchors])
+    batch = torch.cat([torch.cat([e.unconditional.embeds, a[None]]) for a in anchors])
     x_in = torch.cat([x.repeat(4, 1, 1, 1)] * 2)
     with net.gated(1.0):
         u, c = eps(model, x_in, t, batch).chunk(2)
@@ -131,8 +130,7 @@ def test_training_input_is_scaled_at_each_iterations_own_timestep(setup, name):
             self.x_t = super().denoise(*args, **kwargs)
             return self.x_t
 
-    probe = Probe(model.unet, net, lambda: make_scheduler(name, model.scheduler_config), MAX_STEPS,
-                  model.vae_scale_factor)
+    probe = Probe(model, net, lambda: make_scheduler(name, model.scheduler_config), MAX_STEPS)
     gen = torch.Generator().manual_seed(1)
     try:  # iterate until the depth k (hence the timestep) differs from the first iteration's
         ks = [probe.loss(e, gen)[1]["k"]]
@@ -176,11 +174,11 @@ def test_original_loop_anchors_the_second_half_of_the_interleaved_batch(setup):
     sched = make_scheduler("ddim", model.scheduler_config)
     sched.set_timesteps(1000)
     t, x = sched.timesteps[400], torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    anchors = [a[None] for a in sample_anchors(e.target, 4, torch.Generator().manual_seed(1))]
-    batch = torch.cat([torch.cat([e.unconditional, a]) for a in anchors])
+    anchors = [a[None] for a in sample_anchors(e.target.embeds, 4, torch.Generator().manual_seed(1))]
+    batch = torch.cat([torch.cat([e.unconditional.embeds, a]) for a in anchors])
     with torch.no_grad():
         got = original_loop.predict_noise(model.unet, sched, t, x.repeat(4, 1, 1, 1), batch, 1)
-        effective = torch.cat([e.unconditional, anchors[2], e.unconditional, anchors[3]])
+        effective = torch.cat([e.unconditional.embeds, anchors[2], e.unconditional.embeds, anchors[3]])
         want = eps(model, x.repeat(4, 1, 1, 1), t, effective)
         every = eps(model, x.repeat(4, 1, 1, 1), t, torch.cat(anchors))
     assert torch.allclose(got, want, atol=1e-5)
@@ -229,10 +227,10 @@ def pndm_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_model_scheduler_is_the_models_own(pndm_model):
     from diffusers import PNDMScheduler
 
-    from spmctl.models.loading import load_sd_model
+    from spmctl.families import load_model
     from spmctl.sampling.generate import build_pipeline
 
-    assert isinstance(build_pipeline(load_sd_model(str(pndm_model)), "model").scheduler, PNDMScheduler)
+    assert isinstance(build_pipeline(load_model(str(pndm_model)), "model").scheduler, PNDMScheduler)
 
 
 def test_compat_gates_are_the_scores_times_the_factor_unclipped(tiny):
@@ -245,7 +243,7 @@ def test_compat_gates_are_the_scores_times_the_factor_unclipped(tiny):
     model = tiny
     spms = [MembraneFile({}, ["cat"], 1, 1.0)]
     prompts = ["a cat", "a dog"]
-    raw = ft_gates(model.tokenizer, model.text_encoder, prompts, [["cat"]], clip=False)
+    raw = ft_gates(model, prompts, [["cat"]], clip=False)
     cfg, _ = load_sample_config(None, {"ft_compat": "original", "facilitate_factor": 1.5})
     gates, _ = compute_gates(cfg, model, spms, prompts)
     assert torch.allclose(gates, 1.5 * raw) and gates[0, 0] > 1  # unclipped

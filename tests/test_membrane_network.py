@@ -11,8 +11,8 @@ from helpers_ops import OpLog
 from safetensors.torch import save_file
 
 from spmctl.errors import SpmctlError
+from spmctl.families.sd1.tiny import build_tiny_unet
 from spmctl.membrane import MembraneFile, MembraneNetwork, load_membrane, lora_name, save_membrane
-from spmctl.models.tiny import build_tiny_unet
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def generate(
     jobs = [
         Job(p, s, 0, guidance, SIZE, SIZE, i) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
     ]
-    stack = MembraneStack(model.unet, load_spms([str(p) for p in spm_paths]), compat) if spm_paths else None
+    stack = MembraneStack(model, load_spms([str(p) for p in spm_paths]), compat) if spm_paths else None
     try:
         gen = ImageSampler(model, build_pipeline(model), steps=STEPS)
         gates = torch.as_tensor(gates, dtype=torch.float32).reshape(len(prompts), -1)
@@ -60,15 +60,15 @@ def test_ft_gate_is_one_for_the_concept_and_below_one_for_unrelated_prompts(tiny
     from spmctl.sampling.ft import ft_gates
 
     prompts = ["cat", "a photo of a cat", "a red car on a street", "a dog"]
-    gates = ft_gates(tiny.tokenizer, tiny.text_encoder, prompts, [["cat"], ["dog", "horse"]])
+    gates = ft_gates(tiny, prompts, [["cat"], ["dog", "horse"]])
     assert gates.shape == (4, 2)
     assert gates[0, 0] == pytest.approx(1.0) and gates[1, 0] == pytest.approx(1.0)  # tokenuni: "cat" in it
     assert gates[2, 0] < 1.0 and gates[2, 1] < 1.0  # unrelated prompt passes (partly) through
     assert gates[3, 1] == pytest.approx(1.0) and gates[3, 0] < 1.0
     assert (gates >= 0).all() and (gates <= 1).all()
-    clip_only = ft_gates(tiny.tokenizer, tiny.text_encoder, prompts, [["cat"]], metric="clipcos")
+    clip_only = ft_gates(tiny, prompts, [["cat"]], metric="clipcos")
     assert clip_only[1, 0] < 1.0  # without tokenuni a longer prompt is not a perfect match
-    boosted = ft_gates(tiny.tokenizer, tiny.text_encoder, prompts, [["cat"]], metric="clipcos", factor=5.0)
+    boosted = ft_gates(tiny, prompts, [["cat"]], metric="clipcos", factor=5.0)
     assert boosted.max() == 1.0  # clipped to [0, 1]
 
 
@@ -104,10 +104,10 @@ def test_mixed_ranks_compose_by_default_but_not_the_original_way(tiny, spms):
     from spmctl.sampling.stack import MembraneStack, load_spms
 
     loaded = load_spms([str(spms["cat"]), str(spms["dog"])])
-    stack = MembraneStack(tiny.unet, loaded)
+    stack = MembraneStack(tiny, loaded)
     stack.close()
     with pytest.raises(SpmctlError, match="SPMs of different rank"):
-        MembraneStack(tiny.unet, loaded, compat="original")
+        MembraneStack(tiny, loaded, compat="original")
     assert not any(type(m).__name__ == "MembraneModule" for m in tiny.unet.modules())  # left clean
 
 
@@ -249,7 +249,7 @@ def test_spm_for_another_unet_is_one_clear_error(tmp_path, spms, tiny):
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata={"prompts": "cat", "rank": "1", "alpha": "1.0"})
     with pytest.raises(SpmctlError, match=r"bad.safetensors: shape mismatch"):
-        MembraneStack(tiny.unet, load_spms([str(bad)]))
+        MembraneStack(tiny, load_spms([str(bad)]))
     assert os.path.exists(bad)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from spmctl.models.loading import load_sd_model
-from spmctl.models.tiny import build_tiny_pipeline, build_tiny_unet
+from spmctl.families import load_model
+from spmctl.families.sd1.tiny import build_tiny_pipeline, build_tiny_unet
 
 
 def _unet_out(unet, seed: int = 0) -> torch.Tensor:
@@ -39,8 +39,8 @@ def test_sd1_architecture_with_cross_attention_transformers():
 
 def test_saves_and_reloads_as_a_diffusers_folder(tiny_model_dir: Path):
     assert (tiny_model_dir / "model_index.json").exists()
-    loaded = load_sd_model(str(tiny_model_dir))
-    builtin = load_sd_model("tiny")
+    loaded = load_model(str(tiny_model_dir))
+    builtin = load_model("tiny")
     assert torch.equal(_unet_out(loaded.unet), _unet_out(builtin.unet))
     ids = builtin.tokenizer(["a cat"], return_tensors="pt").input_ids
     with torch.no_grad():

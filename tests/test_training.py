@@ -16,8 +16,9 @@ from conftest import TESTS, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
 from spmctl.errors import SpmctlError
+from spmctl.families import load_model
 from spmctl.membrane import MembraneNetwork, load_membrane
-from spmctl.models.loading import load_sd_model, make_scheduler
+from spmctl.models.loading import make_scheduler
 from spmctl.training.objective import SPMObjective
 from spmctl.training.prompts import resolve_prompt_settings
 from spmctl.training.run import _embeds, run_training
@@ -28,12 +29,12 @@ write_config = write_train_config
 def objective_terms(cfg_path: Path, membrane: Path | None) -> dict[str, float]:
     """The erase and anchoring terms on fixed draws, for the base model or with a trained membrane."""
     cfg, _ = load_train_config(cfg_path)
-    model = load_sd_model("tiny")
+    model = load_model("tiny")
     net = MembraneNetwork(model.unet)
     if membrane is not None:
         net.load_state_dict_for(0, load_membrane(membrane).tensors)
-    objective = SPMObjective(model.unet, net, lambda: make_scheduler("ddim", model.scheduler_config),
-                             cfg.train.max_denoising_steps, model.vae_scale_factor)
+    objective = SPMObjective(model, net, lambda: make_scheduler("ddim", model.scheduler_config),
+                             cfg.train.max_denoising_steps)
     embeds = _embeds(model, resolve_prompt_settings(cfg), 1)[0]
     return objective.evaluate(embeds, seed=99, draws=6)
 
@@ -198,7 +199,7 @@ def test_optional_optimizers_run_or_say_what_to_install(tmp_path: Path, optimize
 def test_clip_skip_changes_the_embeddings():
     from spmctl.models.text import encode_prompts
 
-    model = load_sd_model("tiny")
+    model = load_model("tiny")
     last = encode_prompts(model.tokenizer, model.text_encoder, ["a cat"], clip_skip=1)
     skipped = encode_prompts(model.tokenizer, model.text_encoder, ["a cat"], clip_skip=2)
     assert last.shape == skipped.shape and not torch.allclose(last, skipped)
@@ -249,10 +250,10 @@ def test_every_anchor_counts_and_no_unconditional_half_is_wasted(tmp_path: Path)
     neutral and all A anchors (2B + A) and one ON call with target and all A anchors (B + A)."""
     cfg_path = write_config(tmp_path / "c.yaml", prompt__sampling_batch_size=4, prompt__batch_size=2)
     cfg, _ = load_train_config(cfg_path)
-    model = load_sd_model("tiny")
+    model = load_model("tiny")
     net = MembraneNetwork(model.unet)
-    objective = SPMObjective(model.unet, net, lambda: make_scheduler("ddim", model.scheduler_config),
-                             cfg.train.max_denoising_steps, model.vae_scale_factor)
+    objective = SPMObjective(model, net, lambda: make_scheduler("ddim", model.scheduler_config),
+                             cfg.train.max_denoising_steps)
     embeds = _embeds(model, resolve_prompt_settings(cfg), 1)[0]
     batches: list[int] = []
     hook = model.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
@@ -273,9 +274,9 @@ def test_single_file_checkpoints_train_offline(tmp_path: Path, tiny_model_dir: P
     single = export_model("tiny", [], tmp_path / "tiny.safetensors", fmt="safetensors")
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": load_file(str(single))}, ckpt)
-    reference = load_sd_model("tiny").unet.state_dict()
+    reference = load_model("tiny").unet.state_dict()
     for path in (single, ckpt):
-        model = load_sd_model(str(path), config=str(tiny_model_dir))
+        model = load_model(str(path), config=str(tiny_model_dir))
         for key, value in model.unet.state_dict().items():
             assert torch.equal(value, reference[key]), (path.suffix, key)
     cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "o"), train__iterations=1,

@@ -30,15 +30,14 @@ class StepGates:
         elif cfg.multiplier is not None:
             self.fixed = compute_gates(cfg, model, spms, [""])[0]
         else:
-            self.bank = concept_bank(model.tokenizer, model.text_encoder, [s.concepts for s in spms])
+            self.bank = concept_bank(model, [s.concepts for s in spms])
             self.factor, self.clip = ft_scaling(cfg)
 
     def __call__(self, texts: Sequence[str], hidden: torch.Tensor) -> torch.Tensor:
         """(B, N) gates of `texts`, whose last hidden states are `hidden` (B, 77, d)."""
         if self.fixed is not None:
             return self.fixed.expand(len(texts), -1).clone()
-        scores = concept_scores(self.model.tokenizer, self.model.text_encoder, texts, self.bank,
-                                self.cfg.ft_metric, prompt_embeds=hidden.detach())
+        scores = concept_scores(self.model, texts, self.bank, self.cfg.ft_metric, prompt_embeds=hidden.detach())
         return membrane_gates(scores, self.bank, self.factor, self.clip)
 
     def reported(self, prompts: list[str]) -> torch.Tensor:

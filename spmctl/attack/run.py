@@ -94,7 +94,7 @@ def plan_items(cfg: AttackConfig, spms: list[Any]) -> list[Item]:
 def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = False,
                ranks: Ranks | None = None) -> Path:
     """`ranks`: this process's place when several run (torchrun); the CLI passes the launcher's."""
-    from ..models.loading import load_sd_model
+    from ..families import load_model
     from ..sampling.shard import OneProcess, SampleShard, for_this_rank
     from ..sampling.stack import MembraneStack, load_spms
     from .report import write_summary
@@ -107,10 +107,13 @@ def run_attack(cfg: AttackConfig, console: Console | None = None, quiet: bool = 
         raise config_error("clip_skip: spmctl attack conditions on the last layer only (clip_skip 1)")
     spms = load_spms(cfg.spms, cfg.concepts)
     items = plan_items(cfg, spms)
-    model = load_sd_model(cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(),
-                          device=cfg.resolved_device())
+    model = load_model(cfg.model, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(),
+                       device=cfg.resolved_device())
+    if model.family.name != "sd1":  # the attacks optimise the token embeddings of SD's one CLIP encoder
+        raise SpmctlError(f"{cfg.model}: spmctl attack supports SD 1.x/2.x models (family sd1), "
+                          f"not {model.family.name}")
     SlotPrompts(model.tokenizer, [it.layout for it in items], [it.label for it in items])  # token limit, early
-    stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
+    stack = MembraneStack(model, spms, cfg.ft_compat) if spms else None
     out = Path(cfg.output_dir)
     share = SampleShard.open(out, ranks)
     try:
@@ -130,7 +133,7 @@ def build_context(cfg: AttackConfig, model: Any, spms: list[Any], stack: Any) ->
 
     vocab = word_vocab(model.tokenizer)
     table = model.text_encoder.get_input_embeddings().weight.detach()[vocab.ids.to(model.text_encoder.device)]
-    sampler = ImageSampler(model, build_pipeline(model, cfg.noise_scheduler, cfg.v_pred), cfg.negative_prompt,
+    sampler = ImageSampler(model, build_pipeline(model, cfg.noise_scheduler), cfg.negative_prompt,
                            cfg.clip_skip, cfg.steps)
     return Context(cfg, model, spms, stack, StepGates(cfg, model, spms), vocab, table, sampler, cfg.v_pred)
 

@@ -41,12 +41,12 @@ def _dtype(name: str):
     return torch_dtype(name)
 
 
-def _unet(model: str | None):
+def _model(model: str | None):
     if model is None:
         return None
-    from ..models.loading import load_sd_model
+    from ..families import load_model
 
-    return load_sd_model(model).unet
+    return load_model(model)
 
 
 @app.command("lora")
@@ -55,6 +55,8 @@ def lora(
     output: Output,
     dtype: Dtype = "float32",
     model: Model = None,
+    layout: Annotated[str | None, typer.Option(
+        "--layout", help="LoRA key layout (the model family's; SD 1.x: kohya).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """One membrane as a LoRA file (diffusers load_lora_weights, A1111, ComfyUI, kohya)."""
@@ -62,7 +64,7 @@ def lora(
     from ..membrane.io import resolve_spm_path
 
     console = stderr_console(quiet)
-    out = export_lora(resolve_spm_path(spm), output, _dtype(dtype), _unet(model))
+    out = export_lora(resolve_spm_path(spm), output, _dtype(dtype), _model(model), layout)
     console.print(NO_FT_NOTE, markup=False, soft_wrap=True)
     if model is None:
         console.print("keys not checked against a UNet (pass --model to check them)")
@@ -77,7 +79,7 @@ def merge(
     from ..export.lora import NO_FT_NOTE, export_merged
 
     console = stderr_console(quiet)
-    out = export_merged(_weighted(spms), output, _dtype(dtype), _unet(model))
+    out = export_merged(_weighted(spms), output, _dtype(dtype), _model(model))
     console.print(NO_FT_NOTE, markup=False, soft_wrap=True)
     typer.echo(str(out))
 
@@ -96,9 +98,11 @@ def model_cmd(
     dtype: Dtype = "float32",
     v2: Annotated[bool, typer.Option("--v2", help="The base model is SD 2.x.")] = False,
     v_pred: Annotated[bool, typer.Option("--v-pred", help="v-prediction model.")] = False,
+    family: Annotated[str | None, typer.Option(
+        "--family", help="Model family of the base model (default: detected).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """A model with the membranes merged into its UNet weights (W += s·scale·up·down)."""
+    """A model with the membranes merged into its denoiser's weights (W += s·scale·up·down)."""
     from ..export.lora import NO_FT_NOTE
     from ..export.model import export_model
 
@@ -112,6 +116,7 @@ def model_cmd(
         dtype=str(_dtype(dtype)).removeprefix("torch."),
         v2=v2,
         v_pred=v_pred,
+        family=family,
     )
     console.print(NO_FT_NOTE, markup=False, soft_wrap=True)
     typer.echo(str(out))

@@ -30,7 +30,8 @@ def list_plugins() -> None:
         table.add_column(column, no_wrap=True)
     table.add_column("description", ratio=1, overflow="fold")
     for hook, kind in (("register_datasets", "dataset"), ("register_templates", "template"),
-                       ("register_metrics", "metric"), ("register_classifiers", "classifier")):
+                       ("register_metrics", "metric"), ("register_classifiers", "classifier"),
+                       ("register_families", "family")):
         for name, provider in sorted(plugins.collect(hook).items()):
             owner = plugins.provider_owner(hook, name)
             info = by_name.get(owner)

@@ -20,13 +20,15 @@ ConfigPath = Annotated[
 HELP_PANELS = {
     "Configuration": ["config", "set_", "print_config"],
     "What to erase": ["template", "template_name", "dataset_type", "use_sample"],
-    "Model and run": ["model", "iterations", "seed", "devices", "output_dir", "resume"],
+    "Model and run": ["model", "family", "iterations", "seed", "devices", "output_dir", "resume",
+                      "gradient_checkpointing"],
     "Many concepts, many devices": ["sweep", "sweep_template", "sweep_names", "ddp"],
     "Output": ["quiet", "verbose"],
 }
 # option -> its config key, for the defaults --help shows
 _CONFIG_KEYS = {"dataset_type": "dataset_type", "devices": "devices", "output_dir": "output_dir",
                 "use_sample": "use_sample", "model": "pretrained_model.ckpt_path",
+                "family": "pretrained_model.family", "gradient_checkpointing": "train.gradient_checkpointing",
                 "iterations": "train.iterations", "seed": "seed", "verbose": "verbose"}
 
 
@@ -55,7 +57,13 @@ def train(
                                                     show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m",
                                               help="Base model (pretrained_model.ckpt_path), e.g. tiny.")] = None,
+    family: Annotated[str | None, typer.Option(
+        "--family", help="Model family (pretrained_model.family), e.g. sd1; default: detected.")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="train.iterations")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing", "--gradient_checkpointing",
+        help="Recompute activations in the backward pass (less memory, ~30% slower).",
+        show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed of the run.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
     sweep: Annotated[Path | None, typer.Option(
@@ -85,6 +93,7 @@ def train(
         "dataset_type": dataset_type, "template": template, "template_name": template_name,
         "devices": devices, "output_dir": output_dir, "use_sample": use_sample, "seed": seed,
         "verbose": verbose, "pretrained_model.ckpt_path": model, "train.iterations": iterations,
+        "pretrained_model.family": family, "train.gradient_checkpointing": gradient_checkpointing,
         "resume": resume or None, "distributed": "ddp" if ddp else None, "compat": compat,
     }
     overrides = collect_overrides(flags, set_)

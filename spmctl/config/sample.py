@@ -42,6 +42,7 @@ class SampleConfig(CommandSettings):
     v2: bool = Field(False, description="the checkpoint is SD 2.x")
     v_pred: bool = Field(False, description="v-prediction model (SD 2.x 768)")
     clip_skip: int = Field(1, ge=1, description="condition on the text encoder's n-th last layer")
+    family: str | None = Field(None, description="model family (sd1, ...); default: detected from the model")
     # membranes
     spms: list[str] = Field(
         default_factory=list, description="SPM files; a folder means <name>_last.safetensors"

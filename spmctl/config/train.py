@@ -50,6 +50,8 @@ class PretrainedModel(Section):
     clip_skip: int = Field(1, ge=1, description="use the text encoder's n-th last layer (1 = last)")
     config: str | None = Field(None, description="for a single-file checkpoint: a diffusers folder or hub "
                                "id with its configs (needed offline)")
+    family: str | None = Field(None, description="model family (sd1, ...; `spmctl plugins list`); "
+                               "default: detected from the model")
 
 
 class Network(Section):
@@ -74,6 +76,10 @@ class Train(Section):
     lr_scheduler_power: float = Field(1.0, gt=0)
     max_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this norm; 0 = off")
     max_denoising_steps: int = Field(30, ge=2)
+    gradient_checkpointing: bool = Field(False, description="recompute the denoiser's activations in the "
+                                         "backward pass: less memory, slower steps")
+    offload_text_encoders: bool = Field(True, description="move the text encoders and the VAE off the "
+                                        "accelerator once the prompts are encoded (training needs neither)")
 
     _lower = field_validator("optimizer_type", "lr_scheduler", "noise_scheduler", mode="before")(
         lambda v: v.strip().lower() if isinstance(v, str) else v

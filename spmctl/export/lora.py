@@ -74,16 +74,16 @@ def modules_of(
     return out
 
 
-def check_against_unet(tensors: dict[str, torch.Tensor], unet: Any, source: str) -> None:
-    """Load into a membrane network on `unet` (validates every key and shape), then detach."""
+def check_against_model(tensors: dict[str, torch.Tensor], model: Any, source: str) -> None:
+    """Load into a membrane network on the model (validates every key and shape), then detach."""
     from ..membrane import MembraneNetwork
 
     rank = max(int(v.shape[0]) for k, v in tensors.items() if k.endswith(DOWN))
-    net = MembraneNetwork(unet, rank=rank, alpha=float(rank))
+    net = MembraneNetwork.for_model(model, rank=rank, alpha=float(rank))
     try:
         net.load_state_dict_for(0, tensors)
     except SpmctlError as exc:
-        raise SpmctlError(f"{source}: not a membrane for this UNet: {exc}") from None
+        raise SpmctlError(f"{source}: not a membrane for this model: {exc}") from None
     finally:
         net.detach()
 
@@ -131,13 +131,22 @@ def _write(
     return out
 
 
-def export_lora(spm: Path, out: Path, dtype: torch.dtype = torch.float32, unet: Any = None) -> Path:
+def export_lora(spm: Path, out: Path, dtype: torch.dtype = torch.float32, model: Any = None,
+                layout: str | None = None) -> Path:
+    """`spm` as a LoRA file in its model family's `layout` (default: the family's first, kohya's
+    for SD 1.x). The family is the model's (`model` given: the keys are checked against it too), else
+    the one the file records, else SD 1.x."""
+    from ..families import get_family
+    from ..families.registry import DEFAULT_FAMILY
+
     mf = load_membrane(spm)
     modules_of(mf.tensors, str(spm))
-    if unet is not None:
-        check_against_unet(mf.tensors, unet, str(spm))
+    if model is not None:
+        check_against_model(mf.tensors, model, str(spm))
+    family = model.family if model is not None else get_family(mf.model_family or DEFAULT_FAMILY)
+    tensors = family.export_lora(mf.tensors, layout or family.lora_layouts[0])
     extra = {"spmctl_source": spm.name}
-    return _write(out, mf.tensors, mf.concepts, mf.rank, mf.alpha, dtype, extra)
+    return _write(out, tensors, mf.concepts, mf.rank, mf.alpha, dtype, extra)
 
 
 def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], list[str], int]:
@@ -177,10 +186,10 @@ def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], lis
 
 
 def export_merged(
-    items: list[Weighted], out: Path, dtype: torch.dtype = torch.float32, unet: Any = None
+    items: list[Weighted], out: Path, dtype: torch.dtype = torch.float32, model: Any = None
 ) -> Path:
     merged, prompts, rank = merge_membranes(items)
-    if unet is not None:
-        check_against_unet(merged, unet, str(out))
+    if model is not None:
+        check_against_model(merged, model, str(out))
     extra = {"spmctl_merged_from": json.dumps([[str(i.path), i.strength] for i in items])}
     return _write(out, merged, prompts, rank, float(rank), dtype, extra)

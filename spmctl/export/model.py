@@ -1,8 +1,8 @@
-"""A model with membranes merged into its UNet weights: W += s · scale · up @ down.
+"""A model with membranes merged into its denoiser's weights: W += s · scale · up @ down.
 
-Written as a diffusers folder, or as one `.safetensors` in the original SD (CompVis/A1111) key
-layout (see `ldm.py`). A merged model applies the membranes at fixed strengths for every prompt:
-it has no facilitated transport.
+Written as a diffusers folder (the family's pipeline), or as one `.safetensors` in the original
+layout where the family has one (SD 1.x: CompVis/A1111, `families/sd1/ldm.py`). A merged model
+applies the membranes at fixed strengths for every prompt: it has no facilitated transport.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from ..fileio import (
     write_error,
     write_problem,
 )
-from ..membrane import load_membrane, lora_name
+from ..membrane import load_membrane
 from .lora import Weighted, modules_of
 
 
-def _adapted_layers(unet: nn.Module) -> dict[str, nn.Module]:
-    """kohya name -> Linear/Conv2d for every layer of the UNet (a membrane may name any of them)."""
-    return {lora_name(path): m for path, m in unet.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+def _adapted_layers(model: Any) -> dict[str, nn.Module]:
+    """Membrane key -> Linear/Conv2d for every layer of the denoiser (a membrane may name any of them)."""
+    name = model.family.lora_name
+    return {name(path): m for path, m in model.denoiser.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
 
 
 def delta_weight(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -46,17 +47,17 @@ def delta_weight(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> tor
 
 
 @torch.no_grad()
-def merge_into_unet(unet: nn.Module, items: list[Weighted]) -> int:
-    """Add every membrane (at its strength) into `unet`'s weights in place; returns the layers changed.
-    Validates all files first and refuses a non-finite result, leaving the UNet unchanged then."""
-    layers = _adapted_layers(unet)
+def merge_into_model(model: Any, items: list[Weighted]) -> int:
+    """Add every membrane (at its strength) into the denoiser's weights in place; returns the layers
+    changed. Validates all files first and refuses a non-finite result, leaving the model unchanged then."""
+    layers = _adapted_layers(model)
     updates: dict[str, torch.Tensor] = {}
     for item in items:
         mf = load_membrane(item.path)
         for name, (down, up, alpha) in modules_of(mf.tensors, str(item.path)).items():
             layer = layers.get(name)
             if layer is None:
-                raise SpmctlError(f"{item.path}: not a membrane for this UNet (no layer for {name!r})")
+                raise SpmctlError(f"{item.path}: not a membrane for this model (no layer for {name!r})")
             delta = delta_weight(down, up, layer.weight.shape) * (item.strength * alpha / down.shape[0])
             updates[name] = updates[name] + delta if name in updates else delta
     new = {}
@@ -85,16 +86,7 @@ def save_diffusers(model: Any, out: Path) -> Path:
     scheduler_cls = getattr(
         diffusers, str(config.get("_class_name", "DDIMScheduler")), diffusers.DDIMScheduler
     )
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler_cls.from_config(config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = model.family.pipeline(model, scheduler_cls.from_config(config))
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
@@ -116,13 +108,12 @@ def save_diffusers(model: Any, out: Path) -> Path:
 
 
 def save_single_file(model: Any, out: Path) -> Path:
-    """One `.safetensors` in the original SD layout (UNet, VAE, text encoder)."""
+    """One `.safetensors` in the family's original layout (SD: UNet, VAE, text encoder)."""
     from safetensors.torch import save_file
 
     from ..fileio import atomic_write
-    from .ldm import to_ldm_checkpoint
 
-    state = {k: v.detach().cpu().contiguous() for k, v in to_ldm_checkpoint(model).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.family.single_file_state(model).items()}
     atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "spmctl_merged": "1"}))
     return out
 
@@ -135,19 +126,21 @@ def export_model(
     dtype: str = "float32",
     v2: bool = False,
     v_pred: bool = False,
+    family: str | None = None,
 ) -> Path:
-    from ..models.loading import load_sd_model, torch_dtype
+    from ..families import load_model
+    from ..models.loading import torch_dtype
 
     if fmt not in ("diffusers", "safetensors"):
         raise SpmctlError(f"--format must be diffusers or safetensors, not {fmt!r}")
     if fmt == "diffusers" and out.exists():
         raise SpmctlError(f"{out} exists; choose another output or remove it")
-    model = load_sd_model(model_path, v2=v2, v_pred=v_pred, dtype="float32")  # merge in fp32
-    merge_into_unet(model.unet, items)
-    for part in (model.unet, model.vae, model.text_encoder):
+    model = load_model(model_path, family=family, v2=v2, v_pred=v_pred, dtype="float32")  # merge in fp32
+    merge_into_model(model, items)
+    for part in model.parts().values():
         part.to(torch_dtype(dtype))
-    for name, param in model.unet.named_parameters():  # fp16 can overflow where fp32 did not
+    for name, param in model.denoiser.named_parameters():  # fp16 can overflow where fp32 did not
         if not torch.isfinite(param).all():
             hint = "lower the strengths" if dtype == "float32" else "export in float32 or lower the strengths"
-            raise SpmctlError(f"the merged UNet's {name} is not finite in {dtype}; refusing to write it ({hint})")
+            raise SpmctlError(f"the merged denoiser's {name} is not finite in {dtype}; refusing to write it ({hint})")
     return save_single_file(model, out) if fmt == "safetensors" else save_diffusers(model, out)

@@ -45,6 +45,11 @@ class MembraneFile:
         """The model it was trained on, as `spmctl train` records it."""
         return self.metadata.get("spmctl_base_model") or None
 
+    @property
+    def model_family(self) -> str | None:
+        """The model family it was trained for (files from before families: None)."""
+        return self.metadata.get("spmctl_model_family") or None
+
 
 def resolve_spm_path(path: str | Path) -> Path:
     """A file as is; a folder means `<folder>/<folder name>_last.safetensors` (the original's rule)

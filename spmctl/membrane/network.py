@@ -1,10 +1,11 @@
-"""MembraneNetwork: K membranes attached to every Linear/Conv2d inside the UNet's Transformer2DModels."""
+"""MembraneNetwork: K membranes attached to the layers a model family names (by default every
+Linear/Conv2d inside a UNet's Transformer2DModels, SD 1.x's placement)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -25,16 +26,22 @@ def lora_name(module_path: str) -> str:
     return LORA_PREFIX + module_path.replace(".", "_")
 
 
-def _targets(unet: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear | nn.Conv2d]]:
-    """(module path, parent, attribute, layer) for each adapted layer, in `unet.named_modules()` order."""
-    found: list[tuple[str, nn.Module, str, nn.Linear | nn.Conv2d]] = []
-    for block_name, block in unet.named_modules():
-        if type(block).__name__ not in TRANSFORMER_CLASSES:
+Target = tuple[str, nn.Module, str, nn.Module]
+
+
+def find_targets(root: nn.Module, block_classes: Sequence[str] = TRANSFORMER_CLASSES,
+                 layer_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> list[Target]:
+    """(module path, parent, attribute, layer) for each `layer_types` layer inside a block whose class
+    is named in `block_classes`, in `root.named_modules()` order (what a family's `membrane_targets`
+    usually is)."""
+    found: list[Target] = []
+    for block_name, block in root.named_modules():
+        if type(block).__name__ not in block_classes:
             continue
         for sub_name, layer in block.named_modules():
             if isinstance(layer, MembraneModule):
                 raise SpmctlError("a membrane network is already attached to this UNet; detach it first")
-            if isinstance(layer, nn.Linear | nn.Conv2d):
+            if isinstance(layer, layer_types):
                 parent_name, _, attr = sub_name.rpartition(".")
                 parent = block.get_submodule(parent_name) if parent_name else block
                 found.append((f"{block_name}.{sub_name}" if block_name else sub_name, parent, attr, layer))
@@ -49,8 +56,11 @@ class MembraneNetwork:
     """
 
     def __init__(
-        self, unet: nn.Module, rank: int = 1, alpha: float | None = 1.0, num_membranes: int = 1
+        self, unet: nn.Module, rank: int = 1, alpha: float | None = 1.0, num_membranes: int = 1, *,
+        targets: list[Target] | None = None, name_of: Callable[[str], str] = lora_name,
     ) -> None:
+        """`targets`: the layers to adapt (a family's `membrane_targets(denoiser)`; default
+        `find_targets(unet)`); `name_of`: a layer path's key in membrane files (the family's `lora_name`)."""
         if rank < 1:
             raise SpmctlError(f"membrane rank must be >= 1, got {rank}")
         if num_membranes < 1:
@@ -63,17 +73,26 @@ class MembraneNetwork:
         self._state = GateState(self.num_membranes)
         self._modules: dict[str, MembraneModule] = {}
         self._placement: dict[str, tuple[nn.Module, str]] = {}
-        targets = _targets(unet)
+        targets = find_targets(unet) if targets is None else targets
         if not targets:
-            raise SpmctlError("no Transformer2DModel with Linear/Conv2d layers found in this UNet")
+            raise SpmctlError(f"no layer to carry a membrane found in this {type(unet).__name__}")
         for path, parent, attr, layer in targets:
             wrapper = MembraneModule(
-                layer, lora_name(path), self.rank, self.alpha, self.num_membranes, self._state
+                layer, name_of(path), self.rank, self.alpha, self.num_membranes, self._state
             )
             setattr(parent, attr, wrapper)
             self._modules[path] = wrapper
             self._placement[path] = (parent, attr)
         self.attached = True
+
+    @classmethod
+    def for_model(cls, model: object, rank: int = 1, alpha: float | None = 1.0,
+                  num_membranes: int = 1) -> MembraneNetwork:
+        """A network on a loaded model's denoiser, where its family places membranes and named its way
+        (`model`: a `spmctl.families.ModelBundle`)."""
+        family, denoiser = model.family, model.denoiser  # type: ignore[attr-defined]
+        return cls(denoiser, rank, alpha, num_membranes, targets=family.membrane_targets(denoiser),
+                   name_of=family.lora_name)
 
     # ------------------------------------------------------------------ structure
     @property

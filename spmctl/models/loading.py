@@ -1,8 +1,9 @@
-"""Load a Stable Diffusion model from wherever the user has it, with one clear line on failure.
+"""Loading diffusers models, for every family: sources, dtypes, schedulers, one clear line on failure.
 
-Accepted: `tiny` / `builtin:tiny-sd` (the built-in tiny model), a local diffusers
-folder, a single-file checkpoint (`.ckpt`, loaded with weights_only, or
-`.safetensors`) for SD 1.x and 2.x, or a Hugging Face hub id.
+Accepted sources: a local diffusers folder, a single-file checkpoint (`.ckpt`, loaded with
+weights_only, or `.safetensors`), or a Hugging Face hub id. Which pipeline class reads them, and
+what a single file needs, is the model family's (`spmctl.families`); the built-in tiny models are
+the families' too.
 """
 
 from __future__ import annotations
@@ -10,29 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpmctlError, one_line
 from ..names import DTYPES, MODEL_SCHEDULER, NOISE_SCHEDULERS
-from .tiny import build_tiny_pipeline, is_tiny
-
-
-@dataclass
-class SDModel:
-    """The parts of a Stable Diffusion model that spmctl uses."""
-
-    tokenizer: Any
-    text_encoder: Any
-    unet: Any
-    vae: Any
-    scheduler_config: dict[str, Any]
-    source: str
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
 
 
 def torch_dtype(name: str):
@@ -93,78 +77,58 @@ def _model_scheduler_class(config: dict[str, Any]):
     return cls
 
 
-def _from_pipeline(pipe: Any, source: str) -> SDModel:
-    # the class name goes with the config: `--noise-scheduler model` rebuilds the model's own scheduler
-    config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
-    return SDModel(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, config, source)
-
-
-def _check_architecture(model: SDModel) -> None:
-    from diffusers import UNet2DConditionModel
-
-    if not isinstance(model.unet, UNet2DConditionModel):
-        raise SpmctlError(f"{model.source}: unsupported architecture {type(model.unet).__name__} "
-                          "(spmctl supports SD 1.x/2.x UNet2DConditionModel)")
-    if getattr(model.unet.config, "addition_embed_type", None):
-        raise SpmctlError(f"{model.source}: SDXL-style UNets are not supported yet (SD 1.x/2.x only)")
-
-
-def load_sd_model(path: str, *, v2: bool = False, v_pred: bool = False, dtype: str = "float32",
-                  device: str = "cpu", config: str | None = None) -> SDModel:
-    """Load the model at `path`; every failure is one SpmctlError line naming the path.
-
-    `config`: for a single-file checkpoint, a diffusers folder or hub id whose configs describe it
-    (offline, a single file cannot be turned into a pipeline without them)."""
-    quiet_libraries()
-    if is_tiny(path):
-        model = _from_pipeline(build_tiny_pipeline(), "builtin:tiny-sd")
-        if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            # The tiny model's ops take microseconds: worker threads only add hand-offs, and on a busy
-            # machine spinning OpenMP workers slow it down many times over. OMP_NUM_THREADS overrides.
-            import torch
-
-            torch.set_num_threads(1)
-    else:
-        model = _load_external(path, v2=v2, v_pred=v_pred, config=config)
-    _check_architecture(model)
-    torch_type = torch_dtype(dtype)
-    for part in (model.unet, model.text_encoder, model.vae):
-        if part is not None:
-            part.requires_grad_(False)
-            # cast only when needed: diffusers warns on every .to() that names a dtype, even a no-op one
-            if part.dtype == torch_type:
-                part.to(device)
-            else:
-                part.to(device=device, dtype=torch_type)
-            part.eval()
-    return model
-
-
-def _load_external(path: str, *, v2: bool, v_pred: bool, config: str | None = None) -> SDModel:
-    from diffusers import StableDiffusionPipeline
-
+def load_pipeline(path: str, pipeline_cls: Any, single_file: Callable[[Path], Any],
+                  kwargs: dict[str, Any] | None = None) -> Any:
+    """The diffusers pipeline `pipeline_cls` at `path` (folder or hub id); a single-file checkpoint
+    goes to `single_file(path)` (the family knows what its files need). Failures: one line."""
     local = Path(path).expanduser()
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    kwargs = dict(kwargs or {})
     if local.is_dir():
         if not (local / "model_index.json").exists() and not (local / "unet").is_dir():
             raise SpmctlError(f"{path}: not a diffusers model folder (no model_index.json or unet/)")
         try:
-            return _from_pipeline(StableDiffusionPipeline.from_pretrained(local, **kwargs), str(local))
+            return pipeline_cls.from_pretrained(local, **kwargs)
         except Exception as exc:
             raise SpmctlError(f"{path}: cannot load diffusers folder: {one_line(exc, limit=300)}") from None
     if local.suffix in {".ckpt", ".safetensors", ".pt", ".bin"}:
         if not local.exists():
             raise SpmctlError(f"{path}: model file not found")
-        return _load_single_file(local, v2=v2, v_pred=v_pred, config=config)
+        if local.suffix in {".ckpt", ".pt", ".bin"}:
+            _check_pickle_safe(local)
+        return single_file(local)
     if local.exists():
         raise SpmctlError(f"{path}: not a model (expected a diffusers folder, .ckpt or .safetensors)")
     if not _looks_like_hub_id(path):
         raise SpmctlError(f"{path}: model not found (no such folder or file, and not a hub id "
                           f"'owner/name'){_download_hint(path)}")
     try:
-        return _from_pipeline(StableDiffusionPipeline.from_pretrained(path, **kwargs), path)
+        return pipeline_cls.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise SpmctlError(_hub_error(path, exc)) from None
+
+
+def prepare_parts(parts: list[Any], dtype: str, device: str) -> None:
+    """Freeze every part, cast it to `dtype` and move it to `device`, in eval mode."""
+    torch_type = torch_dtype(dtype)
+    for part in parts:
+        if part is None:
+            continue
+        part.requires_grad_(False)
+        # cast only when needed: diffusers warns on every .to() that names a dtype, even a no-op one
+        if part.dtype == torch_type:
+            part.to(device)
+        else:
+            part.to(device=device, dtype=torch_type)
+        part.eval()
+
+
+def tiny_threads(device: str) -> None:
+    """The tiny models' ops take microseconds: worker threads only add hand-offs, and on a busy
+    machine spinning OpenMP workers slow them down many times over. OMP_NUM_THREADS overrides."""
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -204,31 +168,6 @@ def _hub_error(hub_id: str, exc: BaseException) -> str:
         return (f"{hub_id}: not downloaded yet and the hub cannot be reached (offline, or HF_HUB_OFFLINE "
                 f"set); {fetch} (--endpoint for a mirror)")
     return f"{hub_id}: cannot load from the hub: {one_line(exc, limit=300).split(' (')[0]}; or {fetch}"
-
-
-def _load_single_file(path: Path, *, v2: bool, v_pred: bool, config: str | None = None) -> SDModel:
-    """A CompVis/A1111 single-file checkpoint. `.ckpt` pickles are read with weights_only=True."""
-    from diffusers import StableDiffusionPipeline
-
-    if path.suffix in {".ckpt", ".pt", ".bin"}:
-        _check_pickle_safe(path)
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    if v_pred:
-        kwargs["prediction_type"] = "v_prediction"
-    if config:
-        kwargs["config"] = config
-        kwargs["local_files_only"] = Path(config).expanduser().is_dir()
-    elif v2:
-        kwargs["config"] = "stabilityai/stable-diffusion-2-1" if v_pred else "stabilityai/stable-diffusion-2-1-base"
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-    except Exception as exc:
-        hint = " (is it SD 2.x? set pretrained_model.v2)" if not v2 else ""
-        if not config:
-            hint += ("; offline, set pretrained_model.config to a diffusers folder (or hub id) holding "
-                     "this model's configs")
-        raise SpmctlError(f"{path}: cannot load single-file checkpoint: {one_line(exc, limit=300)}{hint}") from None
-    return _from_pipeline(pipe, str(path))
 
 
 def _check_pickle_safe(path: Path) -> None:

@@ -1,9 +1,9 @@
 """Refuse image sizes and batches that cannot fit in memory before allocating them.
 
-The estimate is a lower bound: the UNet's first feature map (batch x its first block's channels x
-the latent's height x width), which every forward pass holds at least once. A request above it
-cannot run; one below it may still fail later, but the absurd ones (a typo adding a digit to a
-resolution) stop here with one line instead of an allocator traceback or the OOM killer.
+The model family estimates the run's peak (`ModelFamily.peak_memory`: the resident weights, the
+membrane with its optimizer state, the denoiser's activations). The model is loaded by the time
+this runs, so what must still fit in the free memory is the rest: the activations and the membrane.
+A request above that stops here with one line instead of an allocator traceback or the OOM killer.
 """
 
 from __future__ import annotations
@@ -35,20 +35,17 @@ def available_bytes(device: str) -> int | None:
         return None
 
 
-def activation_bytes(model: Any, batch: int, height: int, width: int) -> int:
-    """The UNet's first feature map for `batch` images of `height` x `width` pixels."""
-    factor = model.vae_scale_factor
-    channels = int(model.unet.config.block_out_channels[0])
-    return batch * channels * (height // factor) * (width // factor) * model.unet.dtype.itemsize
-
-
-def check_fits(model: Any, batch: int, height: int, width: int, device: str, what: str) -> None:
-    """ConfigError naming `what` (the settings responsible) when the lower bound exceeds free memory."""
-    need = activation_bytes(model, batch, height, width)
+def check_fits(model: Any, batch: int, height: int, width: int, device: str, what: str, *,
+               training: bool = False, checkpointing: bool = False, offload: bool = True) -> None:
+    """ConfigError naming `what` (the settings responsible) when the run cannot fit on `device`."""
+    estimate = model.family.peak_memory(model, batch, height, width, training=training,
+                                        checkpointing=checkpointing, offload=offload)
+    need = estimate.activations + estimate.membrane
     free = available_bytes(device)
     if free is not None and need > free:
-        raise config_error(f"{what} needs at least {_gib(need)} for one UNet feature map; "
-                           f"{device} has {_gib(free)} free (lower the size or the batch)")
+        hint = "" if checkpointing or not training else ", or set train.gradient_checkpointing"
+        raise config_error(f"{what} needs about {_gib(need)} beside the model ({_gib(estimate.total)} in all); "
+                           f"{device} has {_gib(free)} free (lower the size or the batch{hint})")
 
 
 def _gib(n: int) -> str:

@@ -1,7 +1,8 @@
-"""The built-in tiny Stable Diffusion: SD 1.x architecture, random weights, no download.
+"""The parts the built-in tiny models share: CLIP tokenizer and text encoder, VAE, scheduler.
 
-It is the quick start's, the tests' and the CPU benchmarks' model. Every part is
-built from a small config with a fixed seed, so two builds are bit-identical.
+The tiny models (`spmctl/families/*/tiny.py`: SD 1.x's is `-m tiny`) are the quick start's, the
+tests' and the CPU benchmarks' models: random weights, no download. Every part is built from a small
+config with a fixed seed, so two builds are bit-identical.
 The tokenizer is a real CLIP BPE tokenizer whose vocabulary is generated here:
 the 256 byte symbols plus whole-word merges for a fixed word list (the
 UnlearnCanvas names and common prompt words), so concept words are single
@@ -12,29 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..datafiles import data_file
-
-if TYPE_CHECKING:  # heavy imports stay inside functions so the CLI starts fast
-    from diffusers import StableDiffusionPipeline
-
-TINY_NAMES = ("tiny", "builtin:tiny-sd")
-
-UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "norm_num_groups": 8,
-    "use_linear_projection": False,  # SD 1.x: proj_in/proj_out are 1x1 convs
-}
 
 VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
@@ -138,14 +119,6 @@ def build_tiny_tokenizer():
     return CLIPTokenizer(vocab=dict(vocab), merges=pairs, model_max_length=77)
 
 
-def build_tiny_unet(seed: int = 0):
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(**UNET_CONFIG).eval()
-
-
 def build_tiny_vae(seed: int = 0):
     import torch
     from diffusers import AutoencoderKL
@@ -184,28 +157,3 @@ def build_tiny_scheduler():
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The whole tiny pipeline; same seed, same weights, every time."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=build_tiny_vae(seed),
-        text_encoder=build_tiny_text_encoder(seed),
-        tokenizer=build_tiny_tokenizer(),
-        unet=build_tiny_unet(seed),
-        scheduler=build_tiny_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model as a diffusers folder (what `spmctl download`-ed models look like)."""
-    path = Path(path)
-    build_tiny_pipeline(seed).save_pretrained(path, safe_serialization=True)
-    return path
-
-
-def is_tiny(name: str) -> bool:
-    return name in TINY_NAMES or name.startswith("builtin:tiny")

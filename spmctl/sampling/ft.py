@@ -2,8 +2,9 @@
 
 For prompt p and each erased concept c of a membrane:
 
-- clipcos  = cos(flatten(E(p)), flatten(E(c))), E = the text encoder's last hidden state
-             (77 x d, padding positions included, as the original code computes it);
+- clipcos  = cos(E(p), E(c)), E = the model family's gate embedding (`ModelFamily.gate_features`;
+             SD 1.x: the flattened last hidden state, 77 x d, padding positions included, as the
+             original code computes it);
 - tokenuni = |tokens(p) ∩ tokens(c)| / |tokens(c)|, special tokens (BOS/EOS/pad) excluded;
 - score    = max of the chosen metrics; the membrane's gate = max over its concepts x factor.
 
@@ -27,7 +28,7 @@ from ..names import FT_METRICS
 
 @dataclass
 class ConceptBank:
-    """Every membrane's concepts, encoded once: embeddings (C, 77*d) and token-id sets."""
+    """Every membrane's concepts, encoded once: embeddings (C, F) and token-id sets."""
 
     owners: list[int]  # concept i belongs to membrane owners[i]
     embeds: torch.Tensor
@@ -35,45 +36,21 @@ class ConceptBank:
     num_membranes: int
 
 
-def special_token_ids(tokenizer: Any) -> set[int]:
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            ids.add(int(value))
-    return ids
-
-
-def _encode(
-    tokenizer: Any, text_encoder: Any, texts: list[str], chunk: int = 64
-) -> tuple[torch.Tensor, list]:
-    """Flattened fp32 last hidden states and the token ids (padded to 77, as SD encodes prompts)."""
-    from ..models.text import tokenize
-
-    ids = tokenize(tokenizer, texts)
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(texts), chunk):
-            part = ids[start : start + chunk].to(text_encoder.device)
-            outs.append(text_encoder(part)[0].float().flatten(1).cpu())
-    return torch.cat(outs), ids.tolist()
-
-
-def concept_bank(tokenizer: Any, text_encoder: Any, concepts: Sequence[Sequence[str]]) -> ConceptBank:
+def concept_bank(model: Any, concepts: Sequence[Sequence[str]]) -> ConceptBank:
     """`concepts[k]` are membrane k's erased concepts (a membrane without any gets gate 0 from FT)."""
     flat = [c for group in concepts for c in group]
     owners = [k for k, group in enumerate(concepts) for _ in group]
-    special = special_token_ids(tokenizer)
+    special = model.family.gate_special_ids(model)
     if flat:
-        embeds, ids = _encode(tokenizer, text_encoder, flat)
+        features = model.family.gate_features(model, flat)
+        embeds, ids = features.embeds, features.token_ids
     else:
         embeds, ids = torch.zeros(0, 1), []
     return ConceptBank(owners, embeds, [set(row) - special for row in ids], len(concepts))
 
 
 def concept_scores(
-    tokenizer: Any,
-    text_encoder: Any,
+    model: Any,
     prompts: Sequence[str],
     bank: ConceptBank,
     metric: str = "clipcos_tokenuni",
@@ -81,30 +58,27 @@ def concept_scores(
 ) -> torch.Tensor:
     """(P, C) matching score of every prompt against every concept.
 
-    `prompt_embeds` (P, 77, d): the prompts' last hidden states when the caller has them already
-    (the sampler encodes prompts for generation anyway), so they are not encoded twice."""
+    `prompt_embeds` (P, F): the prompts' gate embeddings when the caller has them already (the
+    sampler encodes prompts for generation anyway), so they are not encoded twice."""
     if metric not in FT_METRICS:
         raise ValueError(f"unknown FT metric {metric!r}; expected one of {', '.join(FT_METRICS)}")
     if not bank.owners:
         return torch.zeros(len(prompts), 0)
+    family = model.family
+    special = family.gate_special_ids(model)
     if prompt_embeds is not None:
-        return _scores(prompt_embeds.float().flatten(1).cpu(),
-                       tokenize_ids(tokenizer, list(prompts)), bank, metric, special_token_ids(tokenizer))
+        return _scores(prompt_embeds.float().flatten(1).cpu(), family.gate_token_ids(model, list(prompts)),
+                       bank, metric, special)
     # In chunks: 4,703 I2P prompts at once would hold over 1 GB of embeddings (77 x 768 floats each).
     prompts = list(prompts)
-    special = special_token_ids(tokenizer)
     parts = []
     for start in range(0, len(prompts), _SCORE_CHUNK):
-        embeds, ids = _encode(tokenizer, text_encoder, prompts[start : start + _SCORE_CHUNK])
-        parts.append(_scores(embeds, ids, bank, metric, special))
+        features = family.gate_features(model, prompts[start : start + _SCORE_CHUNK])
+        parts.append(_scores(features.embeds, features.token_ids, bank, metric, special))
     return torch.cat(parts)
 
 
 _SCORE_CHUNK = 256
-
-
-def tokenize_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
 
 
 def _scores(embeds: torch.Tensor, ids: list, bank: ConceptBank, metric: str, special: set[int]) -> torch.Tensor:
@@ -137,8 +111,7 @@ def membrane_gates(
 
 
 def ft_gates(
-    tokenizer: Any,
-    text_encoder: Any,
+    model: Any,
     prompts: Sequence[str],
     concepts: Sequence[Sequence[str]],
     *,
@@ -148,6 +121,6 @@ def ft_gates(
     prompt_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(P, K) FT gates of `prompts` for K membranes whose concepts are `concepts[k]`."""
-    bank = concept_bank(tokenizer, text_encoder, concepts)
-    scores = concept_scores(tokenizer, text_encoder, prompts, bank, metric, prompt_embeds)
+    bank = concept_bank(model, concepts)
+    scores = concept_scores(model, prompts, bank, metric, prompt_embeds)
     return membrane_gates(scores, bank, factor, clip)

@@ -1,4 +1,4 @@
-"""Generation: a diffusers StableDiffusionPipeline on the SDModel's parts, batched across prompts.
+"""Generation: the model family's diffusers pipeline on the loaded model's parts, batched across prompts.
 
 Reproducibility rule: every image has its own CPU `torch.Generator` seeded with its image seed; its
 initial latents are drawn from it (exactly as the pipeline draws them for a single prompt with
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.loading import SDModel, make_scheduler
+from ..families.base import Conditioning, ModelBundle
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,9 @@ class Job:
         return (self.width, self.height, self.guidance)
 
 
-def build_pipeline(model: SDModel, noise_scheduler: str = "ddim", v_pred: bool = False):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=make_scheduler(noise_scheduler, model.scheduler_config, v_pred),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+def build_pipeline(model: ModelBundle, noise_scheduler: str = "ddim"):
+    family = model.family
+    pipe = family.pipeline(model, family.make_scheduler(model, noise_scheduler))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -65,53 +55,50 @@ class ImageSampler:
     """Turns a batch of Jobs (same size and guidance) into float images in [0, 1] (H, W, 3)."""
 
     def __init__(
-        self, model: SDModel, pipe: Any, negative_prompt: str = "", clip_skip: int = 1, steps: int = 30
+        self, model: ModelBundle, pipe: Any, negative_prompt: str = "", clip_skip: int = 1, steps: int = 30
     ) -> None:
         self.model = model
         self.pipe = pipe
         self.clip_skip = clip_skip
         self.steps = steps
-        self._negative = self._encode([negative_prompt])
-        self._cache: dict[str, torch.Tensor] = {}
+        self._negative = model.family.negative_conditioning(model, negative_prompt, clip_skip=clip_skip)
+        self._cache: dict[str, Conditioning] = {}
 
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
-        from ..models.text import encode_prompts
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        return self.model.family.encode(self.model, prompts, clip_skip=self.clip_skip)
 
-        return encode_prompts(self.model.tokenizer, self.model.text_encoder, prompts, self.clip_skip)
+    def prime(self, prompts: Sequence[str], cond: Conditioning) -> None:
+        """Take prompt conditionings computed elsewhere (for FT gates), so they are not encoded again."""
+        for i, p in enumerate(prompts):
+            self._cache[p] = cond[i]
 
-    def prime(self, prompts: Sequence[str], embeds: torch.Tensor) -> None:
-        """Take prompt embeddings computed elsewhere (for FT gates), so they are not encoded again."""
-        for p, e in zip(prompts, embeds, strict=True):
-            self._cache[p] = e
-
-    def embeds(self, prompts: Sequence[str]) -> torch.Tensor:
+    def embeds(self, prompts: Sequence[str]) -> Conditioning:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            for p, e in zip(missing, self._encode(missing), strict=True):
-                self._cache[p] = e
-        return torch.stack([self._cache[p] for p in prompts])
+            cond = self._encode(missing)
+            for i, p in enumerate(missing):
+                self._cache[p] = cond[i]
+        return Conditioning.cat([self._cache[p] for p in prompts])
 
     def latents(self, jobs: Sequence[Job]) -> tuple[torch.Tensor, list[torch.Generator]]:
-        unet = self.model.unet
-        factor = self.model.vae_scale_factor
+        model = self.model
+        dtype = model.dtype
         gens, parts = [], []
         for job in jobs:
             gen = torch.Generator().manual_seed(job.image_seed)
-            shape = (1, unet.config.in_channels, job.height // factor, job.width // factor)
-            parts.append(torch.randn(shape, generator=gen, dtype=unet.dtype))
+            parts.append(model.family.sample_latents(model, job.height, job.width, gen, dtype))
             gens.append(gen)
-        return torch.cat(parts).to(unet.device), gens
+        return torch.cat(parts).to(model.device), gens
 
     def __call__(self, jobs: Sequence[Job]) -> np.ndarray:
         width, height, guidance = jobs[0].group
         assert all(j.group == jobs[0].group for j in jobs), "a batch mixes sizes or guidance"
         latents, gens = self.latents(jobs)
-        prompt_embeds = self.embeds([j.prompt for j in jobs])
-        negative = self._negative.expand(len(jobs), -1, -1)
+        cond = self.embeds([j.prompt for j in jobs])
+        negative = self._negative.expand(len(jobs))
         with torch.no_grad():
             out = self.pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative,
+                **self.model.family.pipeline_kwargs(cond, negative),
                 latents=latents,
                 generator=gens,
                 num_inference_steps=self.steps,

@@ -43,11 +43,10 @@ def load_rows(cfg: SampleConfig) -> list[PromptRow]:
 def check_inputs(cfg: SampleConfig, model: Any, rows: list[PromptRow], device: str) -> None:
     """Before anything is generated: say what long prompts lose; refuse sizes that cannot fit."""
     from ..models.memory import check_fits
-    from ..models.text import warn_truncated
 
     # printed even under --quiet, like every warning: the images differ from what was asked
-    warn_truncated(model.tokenizer, [*(r.prompt for r in rows), cfg.negative_prompt],
-                   lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    model.family.warn_truncated(model, [*(r.prompt for r in rows), cfg.negative_prompt],
+                                lambda msg: print(f"warning: {msg}", file=sys.stderr))
     batch = min(cfg.batch_size, len(rows) * cfg.images_per_prompt * len(cfg.seeds))
     sizes = [(row.width or cfg.width, row.height or cfg.height) if cfg.row_settings else (cfg.width, cfg.height)
              for row in rows]
@@ -89,7 +88,7 @@ def plan_jobs(rows: list[PromptRow], cfg: SampleConfig) -> list[Job]:
     return jobs
 
 
-# Prompt embeddings kept from the FT scoring for generation: up to this many bytes (I2P's 4,703
+# Prompt conditionings kept from the FT scoring for generation: up to this many bytes (I2P's 4,703
 # prompts would take over 1 GB at SD 1.x's 77 x 768; those are simply encoded again).
 _KEEP_EMBEDS_BYTES = 256 * 2**20
 
@@ -101,21 +100,23 @@ def ft_scaling(cfg: SampleConfig) -> tuple[float, bool]:
 
 def compute_gates(
     cfg: SampleConfig, model: Any, spms: list[MembraneFile], prompts: list[str]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, Any]:
     """(P, N): one gate per prompt and SPM, from --multiplier or from facilitated transport; and the
-    prompts' embeddings when FT computed them in the form generation uses (clip_skip 1), else None."""
+    prompts' generation conditioning when the gates could be read off it (the family says when: SD 1.x
+    at clip_skip 1), else None."""
     if not spms or cfg.multiplier is not None:
-        return spm_gates(model.tokenizer, model.text_encoder, prompts, spms, multiplier=cfg.multiplier,
+        return spm_gates(model, prompts, spms, multiplier=cfg.multiplier,
                          factor=cfg.facilitate_factor, compat=cfg.compat), None
-    from ..models.text import encode_prompts
-
-    embeds = None
-    size = len(prompts) * 77 * model.text_encoder.config.hidden_size * 4
-    if cfg.clip_skip <= 1 and size <= _KEEP_EMBEDS_BYTES:
-        embeds = encode_prompts(model.tokenizer, model.text_encoder, prompts)
-    gates = spm_gates(model.tokenizer, model.text_encoder, prompts, spms, metric=cfg.ft_metric,
-                      factor=cfg.facilitate_factor, compat=cfg.ft_compat, prompt_embeds=embeds)
-    return gates, embeds
+    family = model.family
+    cond, gate_embeds = None, None
+    probe = family.encode(model, prompts[:1], clip_skip=cfg.clip_skip)  # one prompt: its size
+    size = len(prompts) * sum(t.numel() for t in (probe.embeds, probe.pooled) if t is not None) * 4
+    if size <= _KEEP_EMBEDS_BYTES and family.gate_embeds_of(model, probe, cfg.clip_skip) is not None:
+        cond = family.encode(model, prompts, clip_skip=cfg.clip_skip)
+        gate_embeds = family.gate_embeds_of(model, cond, cfg.clip_skip)
+    gates = spm_gates(model, prompts, spms, metric=cfg.ft_metric,
+                      factor=cfg.facilitate_factor, compat=cfg.ft_compat, prompt_embeds=gate_embeds)
+    return gates, cond
 
 
 def print_gates(prompts: list[str], spms: list[MembraneFile], gates: torch.Tensor) -> None:
@@ -163,8 +164,7 @@ def run_sampling(
     cfg: SampleConfig, console: Console | None = None, quiet: bool = False, show_gates: bool = False,
     ranks: Ranks | None = None,
 ) -> Path:
-    """`ranks`: this process's place when several run (torchrun); the CLI passes the launcher's."""
-    from ..models.loading import load_sd_model
+    from ..families import load_model
 
     console = console or Console(stderr=True, quiet=quiet)
     ranks = ranks or OneProcess()
@@ -180,15 +180,22 @@ def run_sampling(
     if model_path is None:
         model_path, why = base_model_of(spms)
         console.print(why)
-    model = load_sd_model(model_path, v2=cfg.v2, v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=device)
+    model = load_model(model_path, family=cfg.family or _recorded_family(spms, cfg.model), v2=cfg.v2,
+                       v_pred=cfg.v_pred, dtype=cfg.resolved_precision(), device=device)
     check_inputs(cfg, model, rows, device)
-    # attach first: an SPM for another UNet fails here, before any output is touched
-    stack = MembraneStack(model.unet, spms, cfg.ft_compat) if spms else None
+    # attach first: an SPM for another model fails here, before any output is touched
+    stack = MembraneStack(model, spms, cfg.ft_compat) if spms else None
     try:
         return _sample(cfg, model, rows, spms, stack, console, quiet, show_gates, ranks)
     finally:
         if stack is not None:
             stack.close()
+
+
+def _recorded_family(spms: list[MembraneFile], model: str | None) -> str | None:
+    """The family the membranes record, when the base model is theirs too (no -m given)."""
+    families = {s.model_family for s in spms if s.model_family}
+    return families.pop() if model is None and len(families) == 1 else None
 
 
 def _sample(
@@ -231,7 +238,7 @@ def _sample(
         console.print(f"{len(jobs) - len(todo)} of {len(jobs)} images already in {out_dir}: skipped")
     failed = True
     try:
-        pipe = build_pipeline(model, cfg.noise_scheduler, cfg.v_pred)
+        pipe = build_pipeline(model, cfg.noise_scheduler)
         generate = ImageSampler(model, pipe, cfg.negative_prompt, cfg.clip_skip, cfg.steps)
         if prompt_embeds is not None:
             generate.prime(prompts, prompt_embeds)

@@ -1,4 +1,4 @@
-"""Several SPM files on one UNet, with a gate per sample and membrane.
+"""Several SPM files on one model's denoiser, with a gate per sample and membrane.
 
 Composition. Default: each membrane keeps its own gate,
 
@@ -66,8 +66,7 @@ def base_model_of(spms: list[MembraneFile]) -> tuple[str, str]:
 
 
 def spm_gates(
-    tokenizer: Any,
-    text_encoder: Any,
+    model: Any,
     prompts: list[str],
     spms: list[MembraneFile],
     *,
@@ -95,8 +94,7 @@ def spm_gates(
 
     factor, clip = ft_scaling_for(compat, factor)
     return ft_gates(
-        tokenizer,
-        text_encoder,
+        model,
         prompts,
         [s.concepts for s in spms],
         metric=metric,
@@ -113,14 +111,15 @@ def ft_scaling_for(compat: str, factor: float) -> tuple[float, bool]:
 
 
 class MembraneStack:
-    """K SPMs attached to a UNet; `set_gates((B, N))` takes one gate per sample and SPM.
+    """K SPMs attached to a model's denoiser (`model`: a `ModelBundle`); `set_gates((B, N))` takes one
+    gate per sample and SPM.
 
-    The UNet batch may be a multiple of B: with classifier-free guidance diffusers runs
+    The denoiser's batch may be a multiple of B: with classifier-free guidance diffusers runs
     [unconditional; conditional] in one call, and both halves of a sample get its gates (as the
     original code does: its membrane is on for the whole pipeline call).
     """
 
-    def __init__(self, unet: Any, spms: list[MembraneFile], compat: str = "default") -> None:
+    def __init__(self, model: Any, spms: list[MembraneFile], compat: str = "default") -> None:
         from ..membrane import MembraneNetwork
 
         if not spms:
@@ -139,10 +138,11 @@ class MembraneStack:
             self.pairs = [(i, j) for i in range(n) for j in range(n)]
         else:
             self.pairs = [(i, i) for i in range(n)]
-        self.network = MembraneNetwork(
-            unet, rank=max(s.rank for s in spms), alpha=1.0, num_membranes=len(self.pairs)
+        denoiser = model.denoiser
+        self.network = MembraneNetwork.for_model(
+            model, rank=max(s.rank for s in spms), alpha=1.0, num_membranes=len(self.pairs)
         )
-        param = next(unet.parameters())
+        param = next(denoiser.parameters())
         self.network.to(device=param.device, dtype=param.dtype)
         try:
             for k, (i, j) in enumerate(self.pairs):
@@ -153,7 +153,7 @@ class MembraneStack:
             raise SpmctlError(f"{bad.path}: {exc}") from None
         self._rows = 1
         self._gates = torch.ones(1, n)
-        self._hook = unet.register_forward_pre_hook(self._expand_for_batch, with_kwargs=True)
+        self._hook = denoiser.register_forward_pre_hook(self._expand_for_batch, with_kwargs=True)
 
     def _pair_tensors(self, i: int, j: int) -> dict[str, torch.Tensor]:
         if i == j and self.compat != "original":
@@ -190,13 +190,14 @@ class MembraneStack:
         self.network.set_gates(self._gates)
 
     def _expand_for_batch(self, module: Any, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs.get("sample")
+        # a UNet's input is `sample`, a transformer's `hidden_states`
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         batch = int(sample.shape[0])
         if batch == self._rows:
             return
         rows = self._gates.shape[0]
         if rows != 1 and batch % rows:
-            raise SpmctlError(f"UNet batch {batch} is not a multiple of the {rows} gate rows")
+            raise SpmctlError(f"denoiser batch {batch} is not a multiple of the {rows} gate rows")
         # torch.cat([uncond, cond]) keeps sample order in each half, so a tiled copy lines up
         self.network.set_gates(self._gates.repeat(batch // rows, 1) if rows != 1 else self._gates)
         self._rows = batch

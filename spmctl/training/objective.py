@@ -10,7 +10,6 @@ would run the backward through the OFF samples for nothing, so they stay apart.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,39 +17,27 @@ import torch
 import torch.nn.functional as F
 
 from ..config.train import PromptSettings
+from ..families.anchors import sample_anchors
+from ..families.base import Conditioning
 from .original import anchor_rows, resolution_steps
 
-GUIDANCE_WHILE_DENOISING = 3.0
+__all__ = ["Embeds", "SPMObjective", "random_resolution", "sample_anchors"]
 
 
 @dataclass
 class Embeds:
-    """Text embeddings of one prompt setting, each (1, 77, d)."""
+    """The conditionings of one prompt setting, each of one prompt (a plain tensor is taken as
+    per-token embeddings, SD 1.x's whole conditioning)."""
 
     settings: PromptSettings
-    unconditional: torch.Tensor
-    target: torch.Tensor
-    positive: torch.Tensor
-    neutral: torch.Tensor
+    unconditional: Conditioning
+    target: Conditioning
+    positive: Conditioning
+    neutral: Conditioning
 
-
-def sample_anchors(target: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
-    """`count` latent anchors: random directions accepted with probability 1 − cos(target, direction),
-    scaled by U(0.8, 1.2)·‖target‖. Returns (count, *target.shape[1:]) on the target's device."""
-    flat = target.reshape(-1).float().cpu()
-    norm = flat.norm()
-    unit_target = flat / norm
-    accepted: list[torch.Tensor] = []
-    while len(accepted) < count:
-        directions = torch.randn(max(2 * count, 8), flat.numel(), generator=gen)
-        directions = directions / directions.norm(dim=1, keepdim=True)
-        cos = directions @ unit_target
-        keep = torch.rand(cos.shape, generator=gen) < (1 - cos)
-        accepted.extend(directions[keep])
-    anchors = torch.stack(accepted[:count])
-    scale = torch.rand(count, 1, generator=gen) * 0.4 + 0.8
-    anchors = anchors * scale * norm
-    return anchors.reshape(count, *target.shape[1:]).to(device=target.device, dtype=target.dtype)
+    def __post_init__(self) -> None:
+        for name in ("unconditional", "target", "positive", "neutral"):
+            setattr(self, name, Conditioning.of(getattr(self, name)))
 
 
 def random_resolution(settings: PromptSettings, gen: torch.Generator, multiple: int,
@@ -68,25 +55,21 @@ def random_resolution(settings: PromptSettings, gen: torch.Generator, multiple: 
     return int(hw[0]) * step, int(hw[1]) * step
 
 
-def _step_kwargs(scheduler: Any, gen: torch.Generator) -> dict[str, Any]:
-    return {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
-
-
 class SPMObjective:
-    """Computes the SPM loss of one iteration for a membrane network on a UNet."""
+    """Computes the SPM loss of one iteration for a membrane network on a model (a `ModelBundle`);
+    what is model-specific (calling the denoiser, schedules, anchors) is its family's."""
 
-    def __init__(self, unet: Any, network: Any, make_scheduler: Any, max_denoising_steps: int,
-                 vae_scale_factor: int = 8, compat: str = "default") -> None:
-        self.unet = unet
+    def __init__(self, model: Any, network: Any, make_scheduler: Any, max_denoising_steps: int,
+                 compat: str = "default") -> None:
+        self.model = model
+        self.family = model.family
         self.network = network
         self.compat = compat  # "original": the original code's anchoring slip and resolution range
         self.denoise_scheduler = make_scheduler()
         self.train_scheduler = make_scheduler()
         self.max_steps = max_denoising_steps
-        self.vae_scale_factor = vae_scale_factor
-        down = 2 ** (len(unet.config.block_out_channels) - 1)
-        self.size_multiple = vae_scale_factor * down
-        self._param = next(unet.parameters())
+        self.size_multiple = self.family.size_multiple(model)
+        self._param = next(model.denoiser.parameters())
         # (rank, world size) under data-parallel training: this process's part of each batch
         self.shard: tuple[int, int] | None = None
 
@@ -99,33 +82,20 @@ class SPMObjective:
         # not unet.dtype: diffusers finds that by walking every module, each time it is asked
         return self._param.dtype
 
-    def _unet(self, latents: torch.Tensor, t: Any, embeds: torch.Tensor) -> torch.Tensor:
-        return self.unet(latents, t, encoder_hidden_states=embeds.to(self.dtype)).sample
+    def _predict(self, latents: torch.Tensor, t: Any, cond: Conditioning) -> torch.Tensor:
+        return self.family.predict(self.model, latents, t, cond)
 
     @torch.inference_mode()  # lighter than no_grad: no version counters or views tracked
-    def denoise(self, latents: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, steps: int,
+    def denoise(self, latents: torch.Tensor, uncond: Conditioning, cond: Conditioning, steps: int,
                 gen: torch.Generator) -> torch.Tensor:
-        """`steps` steps of the `max_denoising_steps` schedule, membrane ON, CFG 3 on [uncond, cond]."""
-        sched = self.denoise_scheduler
-        sched.set_timesteps(self.max_steps, device=self.device)
-        batch = latents.shape[0]
-        embeds = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-        kwargs = _step_kwargs(sched, gen)
-        # one gate for every sample and no gradient: the membrane can be folded into the weights
-        with self.network.merged(1.0):
-            for t in sched.timesteps[:steps]:
-                model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-                eps_u, eps_c = self._unet(model_in, t, embeds).chunk(2)
-                eps = eps_u + GUIDANCE_WHILE_DENOISING * (eps_c - eps_u)
-                latents = sched.step(eps, t, latents, **kwargs).prev_sample
+        """`steps` steps of the `max_denoising_steps` schedule, membrane ON (the family's partial denoising)."""
         # an inference tensor: fine to read afterwards (the loss only feeds it through new ops)
-        return latents
+        return self.family.partial_denoise(self.model, self.network, self.denoise_scheduler, latents,
+                                           Conditioning.of(uncond), Conditioning.of(cond), steps, self.max_steps, gen)
 
     def initial_latents(self, batch: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
-        sigma = float(getattr(self.denoise_scheduler, "init_noise_sigma", 1.0))
-        return (torch.randn(shape, generator=gen) * sigma).to(self.device, self.dtype)
+        return self.family.initial_latents(self.model, self.denoise_scheduler, batch, height, width, gen,
+                                           self.device, self.dtype)
 
     def loss(self, embeds: Embeds, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         s = embeds.settings
@@ -145,20 +115,22 @@ class SPMObjective:
         position = {b: i for i, b in enumerate(latent_idx)}
         x_anchor = x_in[[position[j % s.batch_size] for j in anchor_idx]] if with_la else x_in[:0]
 
-        off_embeds = [embeds.positive.expand(batch, -1, -1), embeds.neutral.expand(batch, -1, -1)]
-        on_embeds = [embeds.target.expand(batch, -1, -1)]
+        off_embeds = [embeds.positive.expand(batch), embeds.neutral.expand(batch)]
+        on_embeds = [embeds.target.expand(batch)]
         if anchors is not None:
             off_embeds.append(anchors)
             on_embeds.append(anchors)
         with torch.inference_mode(), self.network.gated(0.0):
-            off = self._unet(torch.cat([x_in, x_in, x_anchor]), t, torch.cat(off_embeds)).float()
+            off = self._predict(torch.cat([x_in, x_in, x_anchor]), t, Conditioning.cat(off_embeds)).float()
         off = off.clone()  # outside inference mode: the loss may save it for backward
-        with self.network.gated(1.0):
-            on = self._unet(torch.cat([x_in, x_anchor]), t, torch.cat(on_embeds)).float()
+        # set, not a context: with gradient checkpointing the backward pass runs the ON forward again,
+        # after this returns, and must see the same gates
+        self.network.set_gates(1.0)
+        on = self._predict(torch.cat([x_in, x_anchor]), t, Conditioning.cat(on_embeds)).float()
 
         eps_pos, eps_neu, eps_anchor_off = off[:batch], off[batch:2 * batch], off[2 * batch:]
         eps_tgt, eps_anchor_on = on[:batch], on[batch:]
-        erase = F.mse_loss(eps_tgt, eps_neu - s.guidance_scale * (eps_pos - eps_neu))
+        erase = F.mse_loss(eps_tgt, self.family.erase_target(eps_pos, eps_neu, s.guidance_scale))
         total = erase
         terms = {"erase_loss": float(erase.detach()), "anchor_loss": 0.0, "k": k, "timestep": int(t),
                  "height": height, "width": width}
@@ -170,20 +142,13 @@ class SPMObjective:
         return total, terms
 
     def training_input(self, x_t: torch.Tensor, k: int) -> tuple[Any, torch.Tensor]:
-        """The 1000-step timestep of denoising depth k, and x_t scaled for the UNet at it.
+        """The training timestep of denoising depth k, and x_t as the denoiser takes it (the family's)."""
+        return self.family.training_input(self.model, self.train_scheduler, x_t, k, self.max_steps)
 
-        The schedule is set afresh each time: schedulers that keep a step index (euler_a, lms) fix it
-        at the first timestep they scale after `set_timesteps`, so a schedule set once would scale
-        every later iteration's input with the first iteration's sigma."""
-        sched = self.train_scheduler
-        sched.set_timesteps(1000)
-        t = sched.timesteps[int(k * 1000 / self.max_steps)]
-        return t, sched.scale_model_input(x_t, t)
-
-    def anchor_embeds(self, embeds: Embeds, count: int, gen: torch.Generator) -> torch.Tensor:
-        """The anchoring term's `count` text embeddings: every sampled anchor by default; under
-        compat: original the rows its batching slip actually compares (see original.anchor_rows)."""
-        anchors = sample_anchors(embeds.target, count, gen)
+    def anchor_embeds(self, embeds: Embeds, count: int, gen: torch.Generator) -> Conditioning:
+        """The anchoring term's `count` conditionings (drawn by the family): every sampled anchor by
+        default; under compat: original the rows its batching slip actually compares (original.anchor_rows)."""
+        anchors = self.family.sample_anchors(embeds.target, count, gen)
         return anchor_rows(anchors, embeds.unconditional) if self.compat == "original" else anchors
 
     def shard_indices(self, batch: int, anchors: int) -> tuple[list[int], list[int]]:

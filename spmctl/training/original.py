@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from ..families.base import Conditioning
 
 # The original builds its noise scheduler from these values alone (its create_noise_scheduler), so
 # every other setting is the diffusers default: steps_offset = 0 and, for DDIM, set_alpha_to_one =
@@ -27,17 +27,16 @@ def scheduler_config(compat: str, model_config: dict[str, Any]) -> dict[str, Any
     return dict(ORIGINAL_SCHEDULER_CONFIG) if compat == "original" else model_config
 
 
-def anchor_rows(anchors: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:
+def anchor_rows(anchors: Conditioning, unconditional: Conditioning) -> Conditioning:
     """The embeddings whose predictions the original's anchoring term compares.
 
     The original interleaves [uncond, s1, uncond, s2, ...] (2N rows for N anchors), doubles the latents
     as for classifier-free guidance and keeps the second half of the prediction (`chunk(2)`, guidance
     1): rows N..2N-1 of the interleaved batch. For 4 anchors that is [uncond, s3, uncond, s4]: s1 and
     s2 are dropped and the unconditional prediction is anchored with half the weight."""
-    count = anchors.shape[0]
-    uncond = unconditional.expand(count, -1, -1).to(anchors.dtype)
-    interleaved = torch.stack([uncond, anchors], dim=1).reshape(2 * count, *anchors.shape[1:])
-    return interleaved[count:]
+    count = len(anchors)
+    interleaved = [unconditional if i % 2 == 0 else anchors[i // 2] for i in range(2 * count)]
+    return Conditioning.cat(interleaved[count:]).to(dtype=anchors.embeds.dtype)
 
 
 def resolution_steps(resolution: int, step: int, compat: str) -> tuple[int, int]:

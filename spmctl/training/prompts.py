@@ -18,16 +18,16 @@ from ..errors import ConfigError, config_error
 WHAT_KEYS = ("target", "positive", "neutral", "unconditional")
 
 
-# The built-in tiny model's images are 64 px: the templates' 512 px would cost ~60x the compute.
+# The built-in tiny models' images are 64 px: the templates' 512 px would cost ~60x the compute.
 TINY_RESOLUTION = 64
 
 
 def resolve_prompt_settings(cfg: TrainConfig, warn: Callable[[str], None] = print) -> list[PromptSettings]:
-    from ..models.tiny import is_tiny
+    from ..families import tiny_names
 
     settings = _resolve(cfg, warn)
     chosen = any("resolution" in s.model_fields_set for s in cfg.prompt_list())
-    if is_tiny(cfg.pretrained_model.ckpt_path) and not chosen:
+    if cfg.pretrained_model.ckpt_path in tiny_names() and not chosen:
         settings = [s.model_copy(update={"resolution": TINY_RESOLUTION}) for s in settings]
     return settings
 

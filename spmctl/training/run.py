@@ -82,26 +82,27 @@ class _Logger:
 
 
 def _embeds(model: Any, settings: list[Any], clip_skip: int) -> list[Embeds]:
-    from ..models.text import encode_prompts
-
     out = []
     for s in settings:
         texts = [s.unconditional, s.target, s.positive, s.neutral]
-        e = encode_prompts(model.tokenizer, model.text_encoder, texts, clip_skip)
-        out.append(Embeds(s, *(e[i:i + 1] for i in range(4))))
+        cond = model.family.encode(model, texts, clip_skip=clip_skip)
+        out.append(Embeds(s, *(cond[i] for i in range(4))))
     return out
 
 
-def check_inputs(model: Any, settings: list[Any], device: str, warn: Any) -> None:
+def check_inputs(model: Any, settings: list[Any], device: str, warn: Any, train: Any = None) -> None:
     """Say what long prompts lose; refuse a resolution or batch that cannot fit on `device`."""
     from ..models.memory import check_fits
-    from ..models.text import warn_truncated
 
     texts = [t for s in settings for t in (s.target, s.positive, s.neutral, s.unconditional)]
-    warn_truncated(model.tokenizer, texts, warn)
+    model.family.warn_truncated(model, texts, warn)
     for s in settings:
-        check_fits(model, s.batch_size, s.resolution, s.resolution, device,
-                   f"prompt.resolution = {s.resolution} with prompt.batch_size = {s.batch_size}")
+        # the membrane-ON pass, which keeps its activations for the backward: the latents and the anchors
+        anchors = s.sampling_batch_size if s.action == "erase_with_la" else 0
+        check_fits(model, s.batch_size + anchors, s.resolution, s.resolution, device,
+                   f"prompt.resolution = {s.resolution} with prompt.batch_size = {s.batch_size}", training=True,
+                   checkpointing=bool(train and train.gradient_checkpointing),
+                   offload=bool(train is None or train.offload_text_encoders))
 
 
 def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
@@ -152,8 +153,8 @@ class TrainingRun:
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
+        from ..families import load_model
         from ..membrane import MembraneNetwork
-        from ..models.loading import load_sd_model, make_scheduler
 
         cfg = self.cfg
         if cfg.train.text_encoder_lr is not None and cfg.verbose:
@@ -164,10 +165,11 @@ class TrainingRun:
                       f"({', '.join(str(s.batch_size) for s in self.settings)}) sets the batch of each step")
         self.device = pick_device(cfg.devices, self.warn)
         torch.manual_seed(cfg.seed)
-        self.model = load_sd_model(cfg.pretrained_model.ckpt_path, v2=cfg.pretrained_model.v2,
-                                   v_pred=cfg.pretrained_model.v_pred, dtype=cfg.train.precision,
-                                   device=self.device, config=cfg.pretrained_model.config)
-        check_inputs(self.model, self.settings, self.device, self.warn)  # refused: nothing was created
+        pm = cfg.pretrained_model
+        self.model = load_model(pm.ckpt_path, family=pm.family, v2=pm.v2, v_pred=pm.v_pred,
+                                dtype=cfg.train.precision, device=self.device, config=pm.config)
+        family = self.model.family
+        check_inputs(self.model, self.settings, self.device, self.warn, cfg.train)  # refused: nothing was created
         # DDP: rank 0 takes the folder's lock and reads the resume state; every rank gets the same
         # state, or the same one-line refusal (a busy folder), rather than waiting for rank 0 forever
         ddp = self.ddp
@@ -178,9 +180,10 @@ class TrainingRun:
             self.warn(note)
 
         if cfg.other.use_xformers:
-            _enable_xformers(self.model.unet, self.warn)
-        self.network = MembraneNetwork(self.model.unet, rank=cfg.network.rank, alpha=cfg.network.alpha,
-                                       num_membranes=1)
+            _enable_xformers(self.model.denoiser, self.warn)
+        if cfg.train.gradient_checkpointing:
+            family.enable_gradient_checkpointing(self.model)
+        self.network = MembraneNetwork.for_model(self.model, rank=cfg.network.rank, alpha=cfg.network.alpha)
         from ..models.loading import torch_dtype
 
         train_dtype, self.save_dtype = membrane_dtypes(cfg.train.precision, cfg.save.precision, cfg.compat)
@@ -192,11 +195,13 @@ class TrainingRun:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         model = self.model
         self.objective = SPMObjective(
-            model.unet, self.network,
-            lambda: make_scheduler(cfg.train.noise_scheduler, scheduler_config(cfg.compat, model.scheduler_config),
-                                   cfg.pretrained_model.v_pred),
-            cfg.train.max_denoising_steps, model.vae_scale_factor, cfg.compat)
+            model, self.network,
+            lambda: family.make_scheduler(model, cfg.train.noise_scheduler,
+                                          config=scheduler_config(cfg.compat, model.scheduler_config)),
+            cfg.train.max_denoising_steps, cfg.compat)
         self.embeds = _embeds(model, self.settings, cfg.pretrained_model.clip_skip)
+        if cfg.train.offload_text_encoders:  # every prompt is encoded: training needs them no more
+            family.offload_text_encoders(model)
         if ddp is not None:  # identical start on every rank; each computes its slice of every batch
             ddp.broadcast_(self.params)
             self.objective.shard = ddp.shard
@@ -305,7 +310,8 @@ class TrainingRun:
 
                 save_membrane(path, weights, prompts=self.concepts, rank=cfg.network.rank,
                               alpha=cfg.network.alpha, dtype=torch_dtype(self.save_dtype),
-                              extra_metadata={"spmctl_base_model": self.model.source})
+                              extra_metadata={"spmctl_base_model": self.model.source,
+                                              "spmctl_model_family": self.model.family.name})
             if final:
                 self._write_summary(step, parts, path)
         except SpmctlError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SpmctlError
+from ...errors import SpmctlError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
