@@ -80,7 +80,7 @@ def test_lora_dtype_metadata_and_cli(tmp_path, spms):  # noqa: F811
 
 def test_merge_is_exact_and_matches_fixed_multipliers(tmp_path, spms, tiny):  # noqa: F811
     merged = export_merged(
-        [Weighted(spms["cat"], 1.0), Weighted(spms["dog"], 0.5)], tmp_path / "m.safetensors", unet=tiny.unet
+        [Weighted(spms["cat"], 1.0), Weighted(spms["dog"], 0.5)], tmp_path / "m.safetensors", model=tiny
     )
     with safe_open(str(merged), "pt") as fh:
         assert fh.metadata()["rank"] == "3" and fh.metadata()["prompts"] == "cat,dog,horse"
@@ -135,7 +135,7 @@ def test_refusals(tmp_path, spms, tiny):  # noqa: F811
     other = save_membrane(tmp_path / "other.safetensors", tensors, prompts=["x"], rank=1, alpha=1.0)
     with pytest.raises(SpmctlError, match="not a membrane for the same UNet"):
         export_merged([Weighted(spms["cat"]), Weighted(other)], tmp_path / "x.safetensors")
-    with pytest.raises(SpmctlError, match="not a membrane for this UNet"):
+    with pytest.raises(SpmctlError, match="not a membrane for this model"):
         export_lora(other, tmp_path / "y.safetensors", model=tiny)
     missing = run_spmctl("export", "merge", f"{tmp_path / 'nope.safetensors'}:0.5", "-o", str(tmp_path / "z"))
     assert missing.returncode == 1 and missing.stderr.strip().endswith("nope.safetensors")
