@@ -228,6 +228,9 @@ class ModelFamily(abc.ABC):
     lora_prefix: str = "lora_unet_"
     lora_layouts: tuple[str, ...] = ("kohya",)  # `spmctl export lora --layout`, first = default
 
+    def __repr__(self) -> str:
+        return f"<model family {self.name!r}>"
+
     # ------------------------------------------------------------------ finding and loading
     @abc.abstractmethod
     def detect(self, probe: ModelProbe) -> bool:
