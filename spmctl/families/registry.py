@@ -114,6 +114,9 @@ def detect(source: str, forced: str | None = None) -> Any:
 
 def load_model(source: str, *, family: str | None = None, **options: Any) -> ModelBundle:
     """Detect (or take) the family of `source` and load it; `options` are `LoadOptions` fields."""
+    from ..models.loading import quiet_libraries
+
+    quiet_libraries()  # library chatter (optional backends...) is not about the user's run
     chosen = detect(source, family)
     try:
         return chosen.load(source, LoadOptions(**options))

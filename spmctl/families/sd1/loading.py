@@ -34,9 +34,9 @@ def load_sd1(family: Any, path: str, options: LoadOptions) -> ModelBundle:
 
     `options.config`: for a single-file checkpoint, a diffusers folder or hub id whose configs describe
     it (offline, a single file cannot be turned into a pipeline without them)."""
+    quiet_libraries()  # before diffusers' pipelines are imported: importing them is chatty
     from diffusers import StableDiffusionPipeline
 
-    quiet_libraries()
     if family.is_tiny(path):
         from .tiny import build_tiny_pipeline
 
