@@ -147,6 +147,12 @@ class ImageClassifier(Protocol):
         ...
 
 
+def template_names(template: Any) -> list[str] | None:
+    """A template's names, or None when it takes any text (`concept`)."""
+    names = getattr(template, "names", None)
+    return list(names()) if callable(names) and names() is not None else None
+
+
 @runtime_checkable
 class ModelFamilyProvider(Protocol):
     """A model family (SD 1.x, SDXL, ...): what the plugin manager checks a registered family against.

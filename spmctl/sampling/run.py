@@ -164,6 +164,7 @@ def run_sampling(
     cfg: SampleConfig, console: Console | None = None, quiet: bool = False, show_gates: bool = False,
     ranks: Ranks | None = None,
 ) -> Path:
+    """`ranks`: this process's place when several run (torchrun); the CLI passes the launcher's."""
     from ..families import load_model
 
     console = console or Console(stderr=True, quiet=quiet)
