@@ -1,1 +1,16 @@
-"""FLUX.1 (dev, schnell) as a model family (family.py) and its built-in tiny model (tiny.py)."""
+"""FLUX.1 (dev, schnell): a flow-matching MMDiT with CLIP-L and T5 (the default plugin `family-flux`;
+importing it stays light: the family loads torch and diffusers only when used). See family.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ...hookspecs import hookimpl
+
+
+@hookimpl
+def register_families(register: Callable[[Any], None]) -> None:
+    from .family import FluxFamily
+
+    register(FluxFamily())
