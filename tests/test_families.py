@@ -148,10 +148,10 @@ def test_forcing_the_family(foreign_folder: Path):
 
 def test_unknown_family_is_one_line(tmp_path: Path):
     cfg = write_train_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "run"))
-    result = run_spmctl("train", "-c", str(cfg), "--family", "sdl", "-q")
+    result = run_spmctl("train", "-c", str(cfg), "--family", "sd_1", "-q")  # not 'sdl': 'sd3' is as close
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pretrained_model.family 'sdl': unknown model family" in lines[0]
+    assert len(lines) == 1 and "pretrained_model.family 'sd_1': unknown model family" in lines[0]
     assert "did you mean 'sd1'" in lines[0]
     assert not (tmp_path / "run").exists()
 

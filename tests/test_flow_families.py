@@ -259,6 +259,25 @@ def test_sample_export_and_load_lora_weights_give_the_same_image(name, flow_trai
     assert table["train"]["adapter_mib"] > 0 and table["sample"]["spms"] == 1
 
 
+def test_merged_export_loads_in_the_pipeline_at_its_strength(flow, flow_trained, tmp_path):
+    """`export merge` writes the family's layout too: diffusers' pipeline applies it as spmctl does."""
+    from spmctl.export.lora import Weighted, export_merged
+
+    name, model = flow
+    spm = flow_trained(name)
+    lora = export_merged([Weighted(spm, 0.5), Weighted(spm, 0.25)], tmp_path / "merged.safetensors")
+    ours = generate(model, [spm], ["a cat"], torch.tensor([[0.75]]), seeds=[4], guidance=GUIDANCE[name])
+    pipe = model.family.pipeline(model, model.family.make_scheduler(model, "model"))
+    pipe.load_lora_weights(str(lora), adapter_name="merged")
+    try:
+        theirs = pipe("a cat", num_inference_steps=STEPS, width=SIZE, height=SIZE, guidance_scale=GUIDANCE[name],
+                      max_sequence_length=model.family.t5_length(model), generator=torch.Generator().manual_seed(4),
+                      output_type="np").images
+    finally:
+        pipe.unload_lora_weights()
+    np.testing.assert_allclose(theirs, ours, atol=2e-4)
+
+
 # ------------------------------------------------------------------- DDP, resume and sweeps
 def test_shards_average_to_the_full_batch_gradient(flow):
     """What DDP relies on, for the flow objective: the ranks' gradients, averaged, are the batch's."""

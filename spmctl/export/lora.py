@@ -136,14 +136,11 @@ def export_lora(spm: Path, out: Path, dtype: torch.dtype = torch.float32, model:
     """`spm` as a LoRA file in its model family's `layout` (default: the family's first, kohya's
     for SD 1.x). The family is the model's (`model` given: the keys are checked against it too), else
     the one the file records, else SD 1.x."""
-    from ..families import get_family
-    from ..families.registry import DEFAULT_FAMILY
-
     mf = load_membrane(spm)
     modules_of(mf.tensors, str(spm))
     if model is not None:
         check_against_model(mf.tensors, model, str(spm))
-    family = model.family if model is not None else get_family(mf.model_family or DEFAULT_FAMILY)
+    family = _family(model, mf.model_family)
     tensors = family.export_lora(mf.tensors, layout or family.lora_layouts[0])
     extra = {"spmctl_source": spm.name}
     return _write(out, tensors, mf.concepts, mf.rank, mf.alpha, dtype, extra)
@@ -191,5 +188,16 @@ def export_merged(
     merged, prompts, rank = merge_membranes(items)
     if model is not None:
         check_against_model(merged, model, str(out))
+    # in the family's first layout, as `export lora` writes one membrane (FLUX/SD3: diffusers')
+    family = _family(model, load_membrane(items[0].path).model_family)
+    merged = family.export_lora(merged, family.lora_layouts[0])
     extra = {"spmctl_merged_from": json.dumps([[str(i.path), i.strength] for i in items])}
     return _write(out, merged, prompts, rank, float(rank), dtype, extra)
+
+
+def _family(model: Any, recorded: str | None) -> Any:
+    """The model's family (`model` given), else the one the membrane file records, else SD 1.x."""
+    from ..families import get_family
+    from ..families.registry import DEFAULT_FAMILY
+
+    return model.family if model is not None else get_family(recorded or DEFAULT_FAMILY)
