@@ -41,6 +41,10 @@ def quiet_mode() -> None:
         os.environ[var] = "1"
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ[var] = "error"
+    # inherited by processes started from here (DDP/sweep workers): their Python warnings, and torch's
+    # C++ warnings (gloo, NCCL; read when torch is imported), are dropped from the start
+    os.environ["PYTHONWARNINGS"] = "ignore"
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
     if not isinstance(sys.stderr, _DropNotices):

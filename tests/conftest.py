@@ -79,6 +79,27 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def trained_cat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-step run of "cat" on the tiny model (TINY_TRAIN, `train.iterations: 2`): its
+    run folder, trained once per session. Read it freely; copy it (`copy_run`) before writing to it."""
+    from spmctl.config.train import load_train_config
+    from spmctl.training.run import run_training
+
+    tmp = tmp_path_factory.mktemp("trained-cat")
+    cfg, _ = load_train_config(write_train_config(tmp / "c.yaml", output_dir=str(tmp / "run"),
+                                                  train__iterations=2))
+    return run_training(cfg, quiet=True).parent
+
+
+def copy_run(run: Path, into: Path) -> Path:
+    """A private copy of a shared run folder (e.g. `trained_cat`) at `into`, to resume or change."""
+    import shutil
+
+    shutil.copytree(run, into)
+    return into
+
+
 def pip_install_plugins(site: Path, tmp: Path, *names: str) -> Path:
     """Packages of tests/plugin_pkgs pip-installed into `site`, a folder to put on PYTHONPATH, as a
     user's `pip install` would (real entry points, real distribution metadata)."""

@@ -232,7 +232,9 @@ def test_ddp_over_two_processes_matches_one_process(tmp_path: Path):
     single_cfg = write_config(tmp_path / "one.yaml", output_dir=str(tmp_path / "one"), **sections)
     reference = load_membrane(run_training(load_train_config(single_cfg)[0], quiet=True)).tensors
 
-    ddp_cfg = write_config(tmp_path / "ddp.yaml", output_dir=str(tmp_path / "ddp"), **sections)
+    # with previews (rank 0 alone draws them): the weights stay those of the run without
+    ddp_cfg = write_config(tmp_path / "ddp.yaml", output_dir=str(tmp_path / "ddp"),
+                           save={"sample_every_n_steps": 3, "sample_steps": 2}, **sections)
     result = torchrun("train", "-c", str(ddp_cfg), "--ddp", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     got = load_membrane(tmp_path / "ddp" / "cat_last.safetensors").tensors
@@ -245,6 +247,8 @@ def test_ddp_over_two_processes_matches_one_process(tmp_path: Path):
     assert [r["step"] for r in two] == list(range(1, 7))
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
     assert json.loads((tmp_path / "ddp" / "cat_summary.json").read_text())["processes"] == 2
+    assert sorted(p.name for p in (tmp_path / "ddp" / "samples").iterdir()) == [
+        f"cat_step00000{step}_{i}.png" for step in (3, 6) for i in (0, 1)]
 
 
 def test_sharded_sampling_writes_each_image_once(tmp_path: Path):
@@ -269,17 +273,25 @@ def test_sharded_sampling_writes_each_image_once(tmp_path: Path):
 
 def test_a_busy_run_folder_stops_every_ddp_rank_with_one_line(tmp_path: Path):
     """Rank 0 takes the run folder's lock; when another run holds it, every rank stops with its one
-    line (the other ranks waited for rank 0 forever before)."""
+    line (the other ranks failed with a traceback before)."""
     from spmctl.training.folder import RunFolder
 
     cfg = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "out"))
+    # and -q holds in the workers from their first moment: a library warning while a spawned worker
+    # starts (here: every worker warns as it starts up) is not shown
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text('import sys, warnings\nif "--multiprocessing-fork" in sys.argv:\n'
+                                           '    warnings.warn("a worker warns while it starts")\n')
     holder = RunFolder(tmp_path / "out", "cat")  # this test process plays the run already writing there
     holder.open()
     try:
-        result = run_spmctl("train", "-c", str(cfg), "--ddp", "--devices", "cpu,cpu", "--quiet", timeout=240)
+        result = run_spmctl("train", "-c", str(cfg), "--ddp", "--devices", "cpu,cpu", "--quiet", timeout=600,
+                            env={"PYTHONPATH": str(site)})
     finally:
         holder.close(failed=False)
     assert result.returncode == 1, result.stderr[-3000:]
+    assert "a worker warns" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"another spmctl train is writing here (pid {os.getpid()} on " in errors[0]

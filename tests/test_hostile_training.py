@@ -9,7 +9,6 @@ the installed `spmctl` with real signals.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SPMCTL, run_spmctl, write_train_config
+from conftest import SPMCTL, copy_run, run_spmctl, write_train_config
 
 from spmctl.config.train import load_train_config
 from spmctl.errors import SpmctlError
@@ -35,17 +34,13 @@ def _config(path: Path, out: Path, resume: bool = False, **overrides):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished two-step run of 'cat' (its folder)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    run_training(_config(tmp / "c.yaml", tmp / "out"), quiet=True)
-    return tmp / "out"
+def finished(trained_cat: Path) -> Path:
+    """A finished two-step run of 'cat' (its folder; the session's, shared: copy before changing)."""
+    return trained_cat
 
 
 def _copy(finished: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(finished, out)
-    return out
+    return copy_run(finished, tmp_path / "out")
 
 
 def _wait_for_log(log: Path, proc: subprocess.Popen, lines: int = 1, timeout: float = 180) -> None:

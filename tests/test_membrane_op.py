@@ -204,7 +204,7 @@ NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if os.path.exists("/usr/lo
 @pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) not found")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
     source = csrc_dir() / "membrane_kernels.cu"
-    archs = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+    archs = ["-gencode=arch=compute_80,code=sm_80"]  # one arch: the code has no per-arch branches
     proc = subprocess.run(
         [NVCC, "-std=c++17", "-O3", *archs, "-c", str(source), "-o", str(tmp_path / "k.o")],
         capture_output=True,

@@ -19,17 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import SPMCTL, write_train_config
 
-from spmctl.config.train import load_train_config
 from spmctl.training.checkpoint import load_state
-from spmctl.training.run import run_training
 
 
 @pytest.fixture(scope="module")
-def spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("spm")
-    cfg, _ = load_train_config(write_train_config(tmp / "c.yaml", output_dir=str(tmp / "run"),
-                                                  train__iterations=2))
-    return run_training(cfg, quiet=True)
+def spm(trained_cat: Path) -> Path:
+    return trained_cat / "cat_last.safetensors"
 
 
 def _env() -> dict[str, str]:

@@ -109,6 +109,11 @@ class Save(Section):
     precision: Precision = "float32"
     name: str | None = Field(None, description="file name stem (default: from the erased concept)")
     path: str | None = Field(None, description="original SPM layout's output folder (= output_dir)")
+    sample_every_n_steps: int = Field(0, ge=0, description="write preview images to <output_dir>/samples/ "
+                                      "every n steps (0 = never)")
+    sample_prompts: list[str] | None = Field(None, description="preview prompts (default: the erased target(s) "
+                                             "and one unrelated prompt), each at its FT gate")
+    sample_steps: int = Field(30, gt=0, description="denoising steps of each preview image")
 
     _prec = field_validator("precision", mode="before")(_precision)
 

@@ -101,9 +101,12 @@ def launch_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, An
 
 def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool) -> int:
     """One process's work (rank 0 of 1 when nothing is distributed); returns its exit code."""
+    from ..console import quiet_mode, stderr_console
+
+    if quiet:  # before torch loads (its C++ log level is read then); a spawned worker inherits no filters
+        quiet_mode()
     import torch
 
-    from ..console import stderr_console
     from ..training.run import run_training
     from .ddp import DataParallel
 

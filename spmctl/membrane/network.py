@@ -142,6 +142,15 @@ class MembraneNetwork:
             setattr(parent, attr, self._modules[path].base)
         self.attached = False
 
+    def attach(self) -> None:
+        """Put the wrappers back after `detach()`: the same layers and parameters (training lends
+        its UNet to a preview's membrane this way)."""
+        if self.attached:
+            return
+        for path, (parent, attr) in self._placement.items():
+            setattr(parent, attr, self._modules[path])
+        self.attached = True
+
     # ------------------------------------------------------------------ gates
     def _gates_tensor(self, gates: GateSpec) -> torch.Tensor:
         k = self.num_membranes

@@ -130,6 +130,12 @@ def print_gates(prompts: list[str], spms: list[MembraneFile], gates: torch.Tenso
     table_console().print(table)  # the terminal's width; one line per row when piped
 
 
+def recorded_gates(gates: list[float]) -> list[float]:
+    """Gates as the manifest records them; images are made with exactly these, so a manifest line
+    reproduces its image."""
+    return [round(g, 6) for g in gates]
+
+
 def _record(
     cfg: SampleConfig, model: Any, spms: list[MembraneFile], job: Job, name: str, gates: list[float]
 ) -> dict[str, Any]:
@@ -145,7 +151,7 @@ def _record(
         "steps": cfg.steps,
         "spms": [str(s.path.resolve()) for s in spms],
         "spm_sha256": [s.digest for s in spms],
-        "gates": [round(g, 6) for g in gates],
+        "gates": recorded_gates(gates),
         "concepts": [s.concepts for s in spms],
         "negative_prompt": cfg.negative_prompt,
         "model": model.source,

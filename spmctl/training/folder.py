@@ -25,6 +25,7 @@ from ..errors import SpmctlError
 from ..fileio import make_parents, remove_empty, remove_leftovers, write_error, write_text_atomic
 
 LOCK = ".spmctl-train.lock"
+PREVIEWS = "samples"  # save.sample_every_n_steps writes its images here
 STATE_SUFFIX = "_state.pt"
 OLD_LAYOUT = ("config.yaml", "log.jsonl", "summary.json")
 
@@ -69,6 +70,7 @@ class RunFolder:
         self._created = make_parents(self.path / LOCK)
         self._lock()
         remove_leftovers(self.path)
+        remove_leftovers(self.path / PREVIEWS)  # a preview image half written by a kill
 
     def close(self, failed: bool) -> None:
         """Release the lock. A failed run that saved nothing resumable leaves nothing behind:

@@ -267,7 +267,10 @@ class TrainingRun:
                     lr = self.lr_scheduler.get_last_lr()[0]
                     self.lr_scheduler.step()
                     step += 1
-                    self.logger.log({"step": step, **terms, "lr": lr, "target": setting.settings.target})
+                    record = {"step": step, **terms, "lr": lr, "target": setting.settings.target}
+                    if cfg.save.sample_every_n_steps and step % cfg.save.sample_every_n_steps == 0 and self.main:
+                        record["preview_seconds"] = self.preview(step)
+                    self.logger.log(record)
                     progress.update(task, advance=1, loss=terms["erase_loss"], la=terms["anchor_loss"], lr=lr)
                     if stop.requested:  # at this step boundary the state is consistent
                         self.save(step)
@@ -317,6 +320,29 @@ class TrainingRun:
         except SpmctlError as exc:
             raise SpmctlError(f"{exc}; {self._kept()}") from None
         return path
+
+    def preview(self, step: int) -> float:
+        """Preview images of this step's membrane (`save.sample_every_n_steps`); returns the seconds
+        they took, which the log records. The UNet is lent to `spmctl sample`'s membrane stack."""
+        from ..membrane.io import MembraneFile
+        from ..sampling.preview import PreviewSettings, preview_prompts, write_previews
+        from .folder import PREVIEWS
+
+        cfg = self.cfg
+        weights = {k: v.detach().clone() for k, v in self.network.state_dict_for(0).items()}
+        membrane = MembraneFile(weights, self.concepts, cfg.network.rank, cfg.network.alpha)
+        settings = PreviewSettings(preview_prompts(cfg.save.sample_prompts, [s.target for s in self.settings]),
+                                   cfg.save.sample_steps, self.settings[0].resolution, cfg.seed,
+                                   cfg.pretrained_model.clip_skip, cfg.pretrained_model.v_pred)
+        self.network.detach()
+        try:
+            written, seconds = write_previews(self.model, membrane, settings, self.folder.path / PREVIEWS,
+                                              self.name, step)
+        finally:
+            self.network.attach()
+        self.console.print(f"step {step}: {len(written)} preview images in {seconds:.1f} s "
+                           f"({self.folder.path / PREVIEWS})", highlight=False)
+        return seconds
 
     def _parts(self, step: int) -> list[dict[str, Any]]:
         """Every part of the run up to `step`: earlier ones from the state, and this one so far."""
