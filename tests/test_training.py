@@ -293,19 +293,21 @@ def test_previews_during_training_are_spmctl_samples_of_each_step(tmp_path: Path
     from PIL import Image
 
     from spmctl.config.sample import SampleConfig
-    from spmctl.sampling.preview import UNRELATED_PROMPT
+    from spmctl.sampling.preview import UNRELATED_PROMPT, write_previews
     from spmctl.sampling.run import run_sampling
 
     common = {"output_dir": str(tmp_path / "run"), "save__per_steps": 2, "train__lr_scheduler": "constant"}
     previews = {"save__sample_every_n_steps": 1, "save__sample_steps": 3}  # between steps too, not only at the end
     first, _ = load_train_config(write_config(tmp_path / "a.yaml", train__iterations=2, **common, **previews))
-    run_training(first, quiet=True)
+    with pytest.raises(SpmctlError, match="draws no previews"):  # training alone has no sampler
+        run_training(first, quiet=True)
+    run_training(first, quiet=True, previewer=write_previews)
     samples = tmp_path / "run" / "samples"
     made_at_2 = {p.name: p.stat().st_mtime_ns for p in samples.iterdir()}
     assert sorted(made_at_2) == [f"cat_step00000{s}_{i}.png" for s in (1, 2) for i in (0, 1)]
     resumed, _ = load_train_config(write_config(tmp_path / "a.yaml", train__iterations=4, **common, **previews),
                                    {"resume": True})
-    run_training(resumed, quiet=True)
+    run_training(resumed, quiet=True, previewer=write_previews)
     expected = [f"cat_step00000{step}_{i}.png" for step in range(1, 5) for i in (0, 1)]
     assert sorted(p.name for p in samples.iterdir()) == expected
     assert {name: (samples / name).stat().st_mtime_ns for name in made_at_2} == made_at_2  # continued, not redone

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..console import stderr_console
+from ..console import quiet_mode, stderr_console
 from .common import Quiet, SetOption, collect_overrides
 
 ConfigPath = Annotated[
@@ -87,6 +87,8 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train a membrane that erases one or more concepts."""
+    if quiet:  # first: the processes a DDP run or sweep starts inherit it (and torch is not loaded yet)
+        quiet_mode()
     from ..config.train import load_train_config
 
     flags: dict[str, Any] = {
@@ -117,12 +119,13 @@ def train(
         if code:
             raise typer.Exit(code)
         return
+    from ..sampling.preview import write_previews
     from ..training.run import run_training
 
     console = stderr_console(quiet)
     if cfg.verbose:
         show_prompts(cfg, console)
-    run_training(cfg, console=console, quiet=quiet)
+    run_training(cfg, console=console, quiet=quiet, previewer=write_previews)
 
 
 def show_prompts(cfg: Any, console: Any) -> None:

@@ -107,6 +107,7 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
         quiet_mode()
     import torch
 
+    from ..sampling.preview import write_previews
     from ..training.run import run_training
     from .ddp import DataParallel
 
@@ -126,7 +127,7 @@ def _worker(cfg: TrainConfig, spec: SweepSpec | None, quiet: bool, report: bool)
             if env.distributed and ddp is None:
                 raise config_error(f"{env.world_size} processes but one concept: pass --ddp "
                                    "(distributed: ddp) to train it data-parallel, or --sweep for one concept each")
-            run_training(cfg, console=console, quiet=quiet, ddp=ddp)
+            run_training(cfg, console=console, quiet=quiet, ddp=ddp, previewer=write_previews)
             # rank 0 still writes the final files: tearing the group down under it made gloo abort
             # the other rank now and then ("terminate called without an active exception")
             dist.barrier()

@@ -101,6 +101,7 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: dist.DistEnv, console: Con
 
     Concept-parallel: this rank trains the concepts i % world_size == rank of those still to do.
     With `ddp`, every rank trains every concept together (and rank 0 keeps the record)."""
+    from ..sampling.preview import write_previews
     from ..training.run import run_training, slug
 
     template, names = sweep_concepts(spec, cfg)
@@ -125,7 +126,7 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: dist.DistEnv, console: Con
         entry = record(name, entry, status="running", attempts=int(entry.get("attempts", 0)) + 1,
                        started_at=_now(), error=None, finished_at=None)
         try:
-            path = run_training(concept_cfg, console=console, quiet=quiet, ddp=ddp,
+            path = run_training(concept_cfg, console=console, quiet=quiet, ddp=ddp, previewer=write_previews,
                                 resume_hint="run the same command again to continue the sweep")
         except Exception as exc:  # one concept's failure must not stop the others
             message = one_line(exc)

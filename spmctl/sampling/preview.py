@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..config.train import TrainConfig
 from ..membrane.io import MembraneFile
 from .generate import ImageSampler, Job, build_pipeline
 from .output import save_png
@@ -44,10 +45,20 @@ def preview_name(stem: str, step: int, index: int) -> str:
     return f"{stem}_step{step:06d}_{index}.png"
 
 
-def write_previews(model: Any, membrane: MembraneFile, settings: PreviewSettings, folder: Path, stem: str,
-                   step: int) -> tuple[list[Path], float]:
-    """One image per prompt with `membrane` at its FT gate; returns the files and the seconds taken.
-    Training's random state is left as it was (a resumed run must not depend on previews)."""
+def write_previews(model: Any, membrane: MembraneFile, cfg: TrainConfig, prompt_settings: list[Any], folder: Path,
+                   stem: str, step: int) -> tuple[list[Path], float]:
+    """The previews of training step `step` (training's `previewer`): one image per prompt with
+    `membrane` at its FT gate; returns the files and the seconds taken."""
+    settings = PreviewSettings(preview_prompts(cfg.save.sample_prompts, [s.target for s in prompt_settings]),
+                               cfg.save.sample_steps, prompt_settings[0].resolution, cfg.seed,
+                               cfg.pretrained_model.clip_skip, cfg.pretrained_model.v_pred)
+    return draw_previews(model, membrane, settings, folder, stem, step)
+
+
+def draw_previews(model: Any, membrane: MembraneFile, settings: PreviewSettings, folder: Path, stem: str,
+                  step: int) -> tuple[list[Path], float]:
+    """One image per prompt of `settings`. Training's random state is left as it was (a resumed run
+    must not depend on previews)."""
     from ..config.sample import SampleConfig
     from .run import compute_gates, recorded_gates
 

@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,14 +106,26 @@ def check_inputs(model: Any, settings: list[Any], device: str, warn: Any, train:
                    offload=bool(train is None or train.offload_text_encoders))
 
 
+# draws `save.sample_every_n_steps` previews: (model, membrane, cfg, targets, folder, name, step) ->
+# (files, seconds); `spmctl.sampling.preview.write_previews`, handed down by the callers above training
+Previewer = Callable[..., tuple[list[Path], float]]
+
+
 def run_training(cfg: TrainConfig, console: Console | None = None, quiet: bool = False,
-                 ddp: Parallel | None = None, resume_hint: str = "continue with --resume") -> Path:
+                 ddp: Parallel | None = None, resume_hint: str = "continue with --resume",
+                 previewer: Previewer | None = None) -> Path:
     """Train; returns the path of `<name>_last.safetensors`.
 
     `ddp`: this process is one rank of a data-parallel run (spmctl.distributed passes its
     `DataParallel`); only rank 0 writes.
-    `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again)."""
+    `resume_hint`: how the user continues after Ctrl-C (a sweep just runs its command again).
+    `previewer`: what draws preview images (training itself has no sampler); without one,
+    `save.sample_every_n_steps` is refused."""
+    if cfg.save.sample_every_n_steps and previewer is None:
+        raise SpmctlError("save.sample_every_n_steps: this way of running training draws no previews "
+                          "(spmctl train does; from Python pass previewer=spmctl.sampling.preview.write_previews)")
     run = TrainingRun(cfg, console, quiet, ddp, resume_hint)
+    run.previewer = previewer
     failed = True
     try:
         run.prepare()
@@ -135,6 +148,7 @@ class TrainingRun:
     def __init__(self, cfg: TrainConfig, console: Console | None, quiet: bool, ddp: Parallel | None,
                  resume_hint: str) -> None:
         self.cfg, self.ddp, self.resume_hint = cfg, ddp, resume_hint
+        self.previewer: Previewer | None = None
         self.main = ddp is None or ddp.is_main
         self.quiet = quiet or not self.main
         self.console = console if console is not None and self.main else Console(stderr=True, quiet=self.quiet)
@@ -325,18 +339,15 @@ class TrainingRun:
         """Preview images of this step's membrane (`save.sample_every_n_steps`); returns the seconds
         they took, which the log records. The UNet is lent to `spmctl sample`'s membrane stack."""
         from ..membrane.io import MembraneFile
-        from ..sampling.preview import PreviewSettings, preview_prompts, write_previews
         from .folder import PREVIEWS
 
         cfg = self.cfg
         weights = {k: v.detach().clone() for k, v in self.network.state_dict_for(0).items()}
         membrane = MembraneFile(weights, self.concepts, cfg.network.rank, cfg.network.alpha)
-        settings = PreviewSettings(preview_prompts(cfg.save.sample_prompts, [s.target for s in self.settings]),
-                                   cfg.save.sample_steps, self.settings[0].resolution, cfg.seed,
-                                   cfg.pretrained_model.clip_skip, cfg.pretrained_model.v_pred)
+        assert self.previewer is not None  # run_training refuses previews without one
         self.network.detach()
         try:
-            written, seconds = write_previews(self.model, membrane, settings, self.folder.path / PREVIEWS,
+            written, seconds = self.previewer(self.model, membrane, cfg, self.settings, self.folder.path / PREVIEWS,
                                               self.name, step)
         finally:
             self.network.attach()
