@@ -32,7 +32,6 @@ class PreviewSettings:
     size: int
     seed: int
     clip_skip: int = 1
-    v_pred: bool = False
 
 
 def preview_prompts(configured: list[str] | None, targets: list[str]) -> list[str]:
@@ -51,7 +50,7 @@ def write_previews(model: Any, membrane: MembraneFile, cfg: TrainConfig, prompt_
     `membrane` at its FT gate; returns the files and the seconds taken."""
     settings = PreviewSettings(preview_prompts(cfg.save.sample_prompts, [s.target for s in prompt_settings]),
                                cfg.save.sample_steps, prompt_settings[0].resolution, cfg.seed,
-                               cfg.pretrained_model.clip_skip, cfg.pretrained_model.v_pred)
+                               cfg.pretrained_model.clip_skip)
     return draw_previews(model, membrane, settings, folder, stem, step)
 
 
@@ -66,12 +65,13 @@ def draw_previews(model: Any, membrane: MembraneFile, settings: PreviewSettings,
     # `spmctl sample`'s defaults (FT metric, factor, compat), not its environment: no SPMCTL_* reading here
     sample_cfg = SampleConfig.model_construct(clip_skip=settings.clip_skip, steps=settings.steps)
     prompts = settings.prompts
-    devices = [model.unet.device] if model.unet.device.type == "cuda" else []
+    device = next(model.denoiser.parameters()).device
+    devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         gates, embeds = compute_gates(sample_cfg, model, [membrane], prompts)
-        stack = MembraneStack(model.unet, [membrane], sample_cfg.ft_compat)
+        stack = MembraneStack(model, [membrane], sample_cfg.ft_compat)
         try:
-            sampler = ImageSampler(model, build_pipeline(model, sample_cfg.noise_scheduler, settings.v_pred),
+            sampler = ImageSampler(model, build_pipeline(model, sample_cfg.noise_scheduler),
                                    sample_cfg.negative_prompt, settings.clip_skip, settings.steps)
             if embeds is not None:
                 sampler.prime(prompts, embeds)
