@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from spmctl.errors import SpmctlError
 from spmctl.families.sd1.tiny import build_tiny_unet
-from spmctl.membrane import MembraneFile, MembraneNetwork, load_membrane, lora_name, save_membrane
+from spmctl.membrane import MembraneFile, MembraneModule, MembraneNetwork, load_membrane, lora_name, save_membrane
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +285,8 @@ def test_merged_weights_match_the_membrane_and_leave_the_base_untouched(inputs, 
     randomise(net, seed=3)
     with net.gated([0.7, 0.2]):
         expected = run(unet, inputs)
-    with net.merged([0.7, 0.2]):
+    with torch.no_grad(), net.merged([0.7, 0.2]):  # no_grad: with a gradient recorded it is `gated`
+        assert not any(isinstance(unet.get_submodule(p), MembraneModule) for p in net.module_names)
         merged = run(unet, inputs)
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
     wrappers = [unet.get_submodule(path) for path in net.module_names]

@@ -16,6 +16,7 @@ from ..errors import config_error
 from ..names import NOISE_SCHEDULERS, NoiseScheduler, Precision, dtype_name
 from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml, within_float32
 
+# one list each: the config types below are these (a Literal of a tuple is the Literal of its items)
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "lion", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                  "polynomial")
@@ -67,10 +68,9 @@ class Train(Section):
     lr: float = Field(1e-4, gt=0)
     unet_lr: float | None = Field(None, gt=0, description="the membrane's learning rate (default: lr)")
     text_encoder_lr: float | None = Field(5e-5, description="accepted; unused (the text encoder has no membrane)")
-    optimizer_type: Literal["adamw", "adamw8bit", "sgd", "lion", "prodigy"] = "adamw8bit"
+    optimizer_type: Literal[OPTIMIZERS] = "adamw8bit"  # type: ignore[valid-type]
     optimizer_args: dict[str, Any] = Field(default_factory=dict)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                          "polynomial"] = "cosine_with_restarts"
+    lr_scheduler: Literal[LR_SCHEDULERS] = "cosine_with_restarts"  # type: ignore[valid-type]
     lr_warmup_steps: int = Field(500, ge=0)
     lr_scheduler_num_cycles: int = Field(3, ge=1)
     lr_scheduler_power: float = Field(1.0, gt=0)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConfigError, SpmctlError
 from ..membrane import load_membrane
+from ..membrane.delta import scaled, stack_factors
 from ..membrane.io import ALPHA, DOWN, UP
 
 NO_FT_NOTE = (
@@ -147,8 +148,8 @@ def export_lora(spm: Path, out: Path, dtype: torch.dtype = torch.float32, model:
 
 
 def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], list[str], int]:
-    """Σ_i s_i·scale_i·up_i·down_i as ONE rank-Σr_i adapter: downs stacked, ups side by side with
-    s_i·scale_i folded in, alpha = rank (scale 1). Exact: no SVD, no truncation."""
+    """Σ_i s_i·scale_i·up_i·down_i as ONE rank-Σr_i adapter (`stack_factors`), alpha = rank (scale 1).
+    Exact: no SVD, no truncation."""
     if not items:
         raise SpmctlError("nothing to merge: give one or more SPM:STRENGTH")
     parts, prompts = [], []
@@ -167,13 +168,7 @@ def merge_membranes(items: list[Weighted]) -> tuple[dict[str, torch.Tensor], lis
     merged: dict[str, torch.Tensor] = {}
     rank = 0
     for name in sorted(names):
-        downs, ups = [], []
-        for item, mods in parts:
-            down, up, alpha = mods[name]
-            downs.append(down.float())
-            ups.append(up.float() * (item.strength * alpha / down.shape[0]))
-        down = torch.cat(downs)
-        up = torch.cat(ups, dim=1)
+        down, up = stack_factors(scaled(*mods[name], strength=item.strength) for item, mods in parts)
         conv = parts[0][1][name][0].dim() == 4
         rank = down.shape[0]
         merged[name + DOWN] = down

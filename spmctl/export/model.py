@@ -1,4 +1,5 @@
-"""A model with membranes merged into its denoiser's weights: W += s · scale · up @ down.
+"""A model with membranes merged into its denoiser's weights: W += s · scale · up @ down
+(`membrane/delta.py`).
 
 Written as a diffusers folder (the family's pipeline), or as one `.safetensors` in the original
 layout where the family has one (SD 1.x: CompVis/A1111, `families/sd1/ldm.py`). A merged model
@@ -26,6 +27,7 @@ from ..fileio import (
     write_problem,
 )
 from ..membrane import load_membrane
+from ..membrane.delta import add_delta, scaled, stack_factors
 from .lora import Weighted, modules_of
 
 
@@ -35,35 +37,26 @@ def _adapted_layers(model: Any) -> dict[str, nn.Module]:
     return {name(path): m for path, m in model.denoiser.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
 
 
-def delta_weight(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """up (out, r) @ down (r, in[, kh, kw]) as a weight of `shape`. For a conv, a k×k down followed by
-    a 1×1 up is the k×k conv whose kernel is up·down (composition of linear maps per tap)."""
-    delta = up.float() @ down.float().reshape(down.shape[0], -1)
-    if delta.numel() != torch.Size(shape).numel():
-        raise SpmctlError(
-            f"membrane delta {tuple(delta.shape)} does not fit a weight of shape {tuple(shape)}"
-        )
-    return delta.reshape(shape)
-
-
 @torch.no_grad()
 def merge_into_model(model: Any, items: list[Weighted]) -> int:
     """Add every membrane (at its strength) into the denoiser's weights in place; returns the layers
     changed. Validates all files first and refuses a non-finite result, leaving the model unchanged then."""
     layers = _adapted_layers(model)
-    updates: dict[str, torch.Tensor] = {}
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
     for item in items:
         mf = load_membrane(item.path)
         for name, (down, up, alpha) in modules_of(mf.tensors, str(item.path)).items():
-            layer = layers.get(name)
-            if layer is None:
+            if name not in layers:
                 raise SpmctlError(f"{item.path}: not a membrane for this model (no layer for {name!r})")
-            delta = delta_weight(down, up, layer.weight.shape) * (item.strength * alpha / down.shape[0])
-            updates[name] = updates[name] + delta if name in updates else delta
+            factors.setdefault(name, []).append(scaled(down, up, alpha, item.strength))
     new = {}
-    for name, delta in updates.items():
+    for name, parts in factors.items():
         weight = layers[name].weight
-        merged = (weight.float() + delta.to(weight.device)).to(weight.dtype)
+        down, up = stack_factors(parts)
+        try:
+            merged = add_delta(weight, up.to(weight.device), down.to(weight.device))
+        except SpmctlError as exc:
+            raise SpmctlError(f"{name}: {exc}") from None
         if not torch.isfinite(merged).all():
             raise SpmctlError(
                 f"merging gives non-finite weights in {name}; refusing to write the model "

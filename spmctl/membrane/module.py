@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from spmctl.errors import SpmctlError
+from spmctl.membrane.delta import add_delta
 from spmctl.ops import linear_membrane, membrane, membrane_
 
 
@@ -130,11 +131,7 @@ class MembraneModule(nn.Module):
         k, r = self.lora_down.shape[:2]
         coef = (gates.to(self.scale.device) * self.scale).repeat_interleave(r)  # (K*r,)
         up = self.lora_up.permute(1, 0, 2).reshape(-1, k * r) * coef  # (C_out, K*r), gated
-        down = self.lora_down.reshape(k * r, -1)  # (K*r, C_in*kh*kw)
-        if weight.dtype == torch.float32:  # one fused W + up @ down
-            return torch.addmm(weight.reshape(weight.shape[0], -1), up, down).view(weight.shape)
-        delta = up.float() @ down.float()
-        return (weight.float() + delta.view(weight.shape)).to(weight.dtype)
+        return add_delta(weight, up, self.lora_down.reshape(k * r, -1))  # (K*r, C_in*kh*kw)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # This runs ~50 times per UNet call, so it reads parameters from the module's dicts directly
