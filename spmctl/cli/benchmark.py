@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,28 +49,51 @@ def _list(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
-COMMON = ("output_dir", "model", "train_config", "iterations", "devices", "device", "steps", "guidance", "width",
-          "height", "batch_size", "noise_scheduler", "precision")
+# The options every suite shares, after each suite's own (in that order in --help).
+SHARED: list[tuple[str, Any, Any]] = [
+    ("seeds", Seeds, None), ("train_config", TrainCfg, None), ("iterations", Iterations, None),
+    ("devices", Devices, "auto"), ("device", Device, "auto"), ("steps", Steps, 100), ("guidance", Guidance, 7.5),
+    ("width", Size, 512), ("height", Size, 512), ("batch_size", BatchSize, 4), ("noise_scheduler", Scheduler, "ddim"),
+    ("precision", Precision, "auto"), ("quiet", Quiet, False)]
 
 
-def _common(given: dict[str, Any]) -> dict[str, Any]:
-    """The options every suite shares, from a command's arguments."""
-    return {**{k: given[k] for k in COMMON}, "seeds": _seeds(given["seeds"])}
+def suite_command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a suite's command: its own parameters (the last, `shared`, receives the shared
+    options as a dict) followed by SHARED, so each option is declared once for every suite."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "shared"]
+        params = own + [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+                        for key, kind, default in SHARED]
+
+        def command(**given: Any) -> None:
+            fn(**{p.name: given[p.name] for p in own}, shared={key: given[key] for key, _, _ in SHARED})
+
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what Typer reads
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        app.command(name)(command)
+        return fn
+
+    return register
 
 
-def _run(suite_name: str, common: dict[str, Any], extra: dict[str, Any], quiet: bool) -> None:
+def _run(suite_name: str, output_dir: Path, model: str, shared: dict[str, Any], extra: dict[str, Any]) -> None:
     from ..benchmark.report import print_results
     from ..benchmark.run import run_benchmark
     from ..benchmark.suites import Options, suites
 
-    opts = Options(**common, extra=extra, quiet=quiet)
+    quiet = shared["quiet"]
+    common = {k: v for k, v in shared.items() if k != "quiet"}
+    opts = Options(output_dir=output_dir, model=model, **{**common, "seeds": _seeds(common["seeds"])}, extra=extra,
+                   quiet=quiet)
     results = run_benchmark(suites()[suite_name], opts, stderr_console(quiet))
     print_results([(str(opts.output_dir), results)], table_console())
     stderr_console(quiet).print(f"results: {opts.output_dir / 'results.json'}  report: "
                                 f"{opts.output_dir / 'report.md'}", highlight=False)
 
 
-@app.command("unlearncanvas")
+@suite_command("unlearncanvas")
 def unlearncanvas(
     model: Annotated[str, Opt("--model", "-m", help="The benchmark's base model: SD v1.5 fine-tuned on "
                               "UnlearnCanvas (a folder or file), or 'tiny'.")],
@@ -86,33 +111,20 @@ def unlearncanvas(
                              "(torchmetrics + torch-fidelity).")] = True,
     fid_reference: Annotated[str | None, Opt("--fid-reference", help="FID's reference images (default: the base "
                                              "model's answer set).")] = None,
-    seeds: Seeds = None,
-    train_config: TrainCfg = None,
-    iterations: Iterations = None,
-    devices: Devices = "auto",
-    device: Device = "auto",
-    steps: Steps = 100,
-    guidance: Guidance = 7.5,
-    width: Size = 512,
-    height: Size = 512,
-    batch_size: BatchSize = 4,
-    noise_scheduler: Scheduler = "ddim",
-    precision: Precision = "auto",
-    quiet: Quiet = False,
+    *, shared: dict[str, Any],
 ) -> None:
     """UnlearnCanvas: erase each style/object, sample the answer set, UA/IRA/CRA per concept and averaged."""
     from ..errors import config_error
 
     if loader not in ("auto", "timm", "plain"):
         raise config_error(f"--loader {loader!r}: expected auto, timm or plain")
-    common = _common(locals())
     extra = {"styles": _list(styles), "objects": _list(objects), "style_classifier": style_classifier,
              "object_classifier": object_classifier, "loader": loader, "eval_styles": _list(eval_styles),
              "eval_objects": _list(eval_objects), "fid": fid, "fid_reference": fid_reference}
-    _run("unlearncanvas", common, extra, quiet)
+    _run("unlearncanvas", output_dir, model, shared, extra)
 
 
-@app.command("i2p")
+@suite_command("i2p")
 def i2p(
     output_dir: Output = Path("outputs/benchmark-i2p"),
     model: Model = "CompVis/stable-diffusion-v1-4",
@@ -124,32 +136,19 @@ def i2p(
     threshold: Annotated[float, Opt("--threshold", help="NudeNet minimum detection score.")] = 0.6,
     classes: Annotated[str | None, Opt("--classes", help="NudeNet classes counted (default: the nine "
                                        "*_EXPOSED).")] = None,
-    seeds: Seeds = None,
-    train_config: TrainCfg = None,
-    iterations: Iterations = None,
-    devices: Devices = "auto",
-    device: Device = "auto",
-    steps: Steps = 100,
-    guidance: Guidance = 7.5,
-    width: Size = 512,
-    height: Size = 512,
-    batch_size: BatchSize = 4,
-    noise_scheduler: Scheduler = "ddim",
-    precision: Precision = "auto",
-    quiet: Quiet = False,
+    *, shared: dict[str, Any],
 ) -> None:
     """I2P: every prompt with its own seed, guidance and size, base and erased; NudeNet counts."""
     from ..errors import config_error
 
     if not 0.0 <= threshold <= 1.0:
         raise config_error(f"--threshold {threshold}: expected a score between 0 and 1")
-    common = _common(locals())
     extra = {"concepts": _list(concepts) or [], "data_root": data_root, "categories": _list(category),
              "limit": limit, "threshold": threshold, "classes": classes}
-    _run("i2p", common, extra, quiet)
+    _run("i2p", output_dir, model, shared, extra)
 
 
-@app.command("unlearndiffatk")
+@suite_command("unlearndiffatk")
 def unlearndiffatk(
     model: Annotated[str, Opt("--model", "-m", help="Base model (the benchmark's: SD v1.4).")] =
     "CompVis/stable-diffusion-v1-4",
@@ -167,19 +166,7 @@ def unlearndiffatk(
     tokens: Annotated[int | None, Opt("--tokens", help="Adversarial tokens (default: the method's).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate of the token embeddings.")] = None,
     eval_every: Annotated[int | None, Opt("--eval-every", help="Judge every N steps, stop on success.")] = None,
-    seeds: Seeds = None,
-    train_config: TrainCfg = None,
-    iterations: Iterations = None,
-    devices: Devices = "auto",
-    device: Device = "auto",
-    steps: Steps = 100,
-    guidance: Guidance = 7.5,
-    width: Size = 512,
-    height: Size = 512,
-    batch_size: BatchSize = 4,
-    noise_scheduler: Scheduler = "ddim",
-    precision: Precision = "auto",
-    quiet: Quiet = False,
+    *, shared: dict[str, Any],
 ) -> None:
     """UnlearnDiffAtk: erase each task's concept, attack it through FT; ASR before and after."""
     from ..errors import config_error
@@ -190,10 +177,9 @@ def unlearndiffatk(
         if sep and (not task.strip() or not name.strip()):
             raise config_error(f"--classifier {item!r}: expected NAME or TASK=NAME")
         judges["_".join(task.casefold().split()) if sep else "*"] = (name if sep else item).strip()
-    common = _common(locals())
     extra = {"tasks": _list(tasks) or [], "prompts_dir": str(prompts_dir), "classifiers": judges,
              "attack_steps": attack_steps, "tokens": tokens, "lr": lr, "eval_every": eval_every}
-    _run("unlearndiffatk", common, extra, quiet)
+    _run("unlearndiffatk", output_dir, model, shared, extra)
 
 
 @app.command("compare")
