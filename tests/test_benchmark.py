@@ -24,15 +24,17 @@ OBJECTS = ["Dogs", "Cats"]
 
 @pytest.fixture(scope="module")
 def canvas_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The classifier plugins every suite here judges with (one pip run for both)."""
     site = pip_install_plugins(tmp_path_factory.mktemp("canvas-site"), tmp_path_factory.mktemp("canvas-src"),
-                               "spmctl-canvas-plugin")
+                               "spmctl-canvas-plugin", "spmctl-verdict-plugin")
     return {"PYTHONPATH": str(site)}
 
 
 @pytest.fixture(scope="module")
 def train_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_train_config(tmp_path_factory.mktemp("cfg") / "train.yaml", train__iterations=2,
-                              train__max_denoising_steps=2, prompt={"resolution": 32, "sampling_batch_size": 2})
+    """The smallest training that still runs every part: one iteration, two denoising steps (the least allowed), 32 px."""
+    return write_train_config(tmp_path_factory.mktemp("cfg") / "train.yaml", train__iterations=1,
+                              train__max_denoising_steps=2, prompt={"resolution": 32, "sampling_batch_size": 1})
 
 
 def uc_args(out: Path, train_yaml: Path) -> list[str]:
@@ -96,9 +98,9 @@ def test_unlearncanvas_end_to_end(uc_run):
     assert "| ESD (style unlearning (mean of 50 styles)) | 98.6 | 81 | 94 |" in report and "arXiv 2402.11846" in report
     pins = results["pins"]
     assert pins["evaluator"]["style_classifier"]["name"] == "gate-style" and pins["evaluator"]["seeds"] == [188]
-    assert pins["sampling"]["steps"] == 1 and pins["training"]["iterations"] == 2 and pins["packages"]["torch"]
+    assert pins["sampling"]["steps"] == 1 and pins["training"]["iterations"] == 1 and pins["packages"]["torch"]
     assert '"noise_scheduler": "ddim"' in output  # the pins are shown, not only stored
-    assert set(results["cost"]) == {"Van_Gogh", "Dogs"} and results["cost"]["Dogs"]["iterations"] == 2
+    assert set(results["cost"]) == {"Van_Gogh", "Dogs"} and results["cost"]["Dogs"]["iterations"] == 1
     assert results["device_hours_spent"] > 0 and results["peak_memory_mib"] > 0
     assert "device-hours left" in output  # the estimate after the warm-up
 
@@ -186,23 +188,21 @@ def test_i2p_end_to_end(tmp_path: Path, train_yaml):
 
 
 @pytest.mark.slow
-def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, tmp_path_factory):
+def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     """A task that is any concept ('cat'), judged by the parity plugin: ASR before/after from its verdicts."""
-    site = pip_install_plugins(tmp_path_factory.mktemp("verdict-site"), tmp_path_factory.mktemp("verdict-src"),
-                               "spmctl-verdict-plugin")
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na photo of a cat,1\na cat by the sea,1\n")
+    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na photo of a cat,1\n")
     out = tmp_path / "run"
     done = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--train-config", str(train_yaml),
                       "--tasks", "cat", "--prompts-dir", str(prompts), "--classifier", "parity", "--attack-steps", "1",
                       "--eval-every", "1", "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu",
-                      "--devices", "cpu", env={"PYTHONPATH": str(site)})
+                      "--devices", "cpu", env=canvas_env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     attack = json.loads((out / "attack" / "cat" / "results.json").read_text())["asr"]["cat"]
     assert results["table"] == {"cat": {"ASR_before": pytest.approx(100 * attack["asr_before"], abs=0.01),
-                                        "ASR_after": pytest.approx(100 * attack["asr_after"], abs=0.01), "prompts": 3}}
+                                        "ASR_after": pytest.approx(100 * attack["asr_after"], abs=0.01), "prompts": 2}}
     assert results["pins"]["evaluator"]["cat"]["judge"] == "parity"
     assert results["pins"]["evaluator"]["cat"]["budget"]["attack_steps"] == 1
     # the published rows (SPM and AdvUnlearn, before -> after) with their sources
