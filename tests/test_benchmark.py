@@ -32,7 +32,7 @@ def canvas_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def train_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest training that still runs every part: one iteration, two denoising steps (the least allowed), 32 px."""
+    """The smallest training that runs every part: 1 iteration, 2 denoising steps (the least allowed), 32 px."""
     return write_train_config(tmp_path_factory.mktemp("cfg") / "train.yaml", train__iterations=1,
                               train__max_denoising_steps=2, prompt={"resolution": 32, "sampling_batch_size": 1})
 
