@@ -415,7 +415,17 @@ class ModelFamily(abc.ABC):
 
     # ------------------------------------------------------------------ memory
     def enable_gradient_checkpointing(self, model: ModelBundle) -> None:
-        """Recompute the denoiser's activations in the backward pass instead of keeping them."""
+        """Recompute the denoiser's activations in the backward pass instead of keeping them.
+
+        The fused membrane kernel's first-use self-check (per device and dtype) runs here, first:
+        inside a checkpointed block its tensors would count as the block's, and the recomputation,
+        which no longer checks, would not match them (torch's CheckpointError)."""
+        import torch
+
+        from ..ops import fused, selfcheck
+
+        if fused.load_fused() == "fused":
+            selfcheck.device_ok(torch.empty(0, device=model.device, dtype=model.dtype))
         model.denoiser.enable_gradient_checkpointing()
 
     def offload_text_encoders(self, model: ModelBundle) -> None:
