@@ -192,7 +192,8 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     """A task that is any concept ('cat'), judged by the parity plugin: ASR before/after from its verdicts."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na photo of a cat,1\n")
+    # seeds where the attack turns one prompt of two (0% -> 50%): columns swapped or fixed would show
+    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na sleeping cat,3\n")
     out = tmp_path / "run"
     done = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--train-config", str(train_yaml),
                       "--tasks", "cat", "--prompts-dir", str(prompts), "--classifier", "parity", "--attack-steps", "1",
@@ -201,6 +202,7 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     attack = json.loads((out / "attack" / "cat" / "results.json").read_text())["asr"]["cat"]
+    assert attack["asr_before"] != attack["asr_after"]  # the input above, else the check below is blind
     assert results["table"] == {"cat": {"ASR_before": pytest.approx(100 * attack["asr_before"], abs=0.01),
                                         "ASR_after": pytest.approx(100 * attack["asr_after"], abs=0.01), "prompts": 2}}
     assert results["pins"]["evaluator"]["cat"]["judge"] == "parity"
