@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "eval-quality": "spmctl.eval.quality",
     "eval-cost": "spmctl.eval.cost",
     "family-sd1": "spmctl.families.sd1",
+    "family-sdxl": "spmctl.families.sdxl",
     "family-sd3": "spmctl.families.sd3",
     "family-flux": "spmctl.families.flux",
 }
