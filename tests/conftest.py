@@ -157,15 +157,16 @@ def flat(rgb: tuple[float, float, float], size: int = 32) -> Any:
 
 
 def make_spm(
-    path: Path, concepts: list[str], seed: int, rank: int = 1, alpha: float = 1.0, std: float = 0.3
+    path: Path, concepts: list[str], seed: int, rank: int = 1, alpha: float = 1.0, std: float = 0.3,
+    model: str = "tiny",
 ) -> Path:
-    """A membrane for the tiny UNet with random nonzero weights from a fixed seed."""
+    """A membrane for a tiny model (`model`: its -m name) with random nonzero weights from a fixed seed."""
     import torch
 
-    from spmctl.families.sd1.tiny import build_tiny_unet
+    from spmctl.families import load_model
     from spmctl.membrane import MembraneNetwork, save_membrane
 
-    net = MembraneNetwork(build_tiny_unet(), rank=rank, alpha=alpha)
+    net = MembraneNetwork.for_model(load_model(model), rank=rank, alpha=alpha)
     gen = torch.Generator().manual_seed(seed)
     tensors = {
         k: (torch.randn(v.shape, generator=gen) * std if k.endswith(".weight") else v)
@@ -183,6 +184,17 @@ def spms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cat": make_spm(root / "cat.safetensors", ["cat"], seed=1),
         "dog": make_spm(root / "dog.safetensors", ["dog", "horse"], seed=2, rank=2, alpha=1.0),
     }
+
+
+@pytest.fixture(scope="session")
+def sdxl_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One `spmctl train -m tiny-sdxl` run (erase_with_la, TINY_TRAIN's settings), shared by the SDXL
+    tests: (its config, its membrane)."""
+    out = tmp_path_factory.mktemp("sdxl_train")
+    cfg = write_train_config(out / "cfg.yaml", pretrained_model={"ckpt_path": "tiny-sdxl"}, output_dir=str(out / "run"))
+    done = run_spmctl("train", "-c", str(cfg), "--quiet")
+    assert done.returncode == 0, done.stderr
+    return cfg, out / "run" / "cat_last.safetensors"
 
 
 @pytest.fixture(scope="module")

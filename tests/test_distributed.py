@@ -143,10 +143,12 @@ def test_sweep_state_parts_merge_newest_first(tmp_path: Path):
     assert list(json.loads((tmp_path / SWEEP_FILE).read_text())["concepts"]) == ["a", "b", "c", "d"]
 
 
-def test_sweep_in_one_process(tmp_path: Path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_sweep_in_one_process(tmp_path: Path, model: str):
     from spmctl.distributed.launch import train_scaled
 
-    cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "out"), train={"iterations": 2})
+    cfg_path = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "out"), train={"iterations": 2},
+                            pretrained_model={"ckpt_path": model})
     cfg = load_train_config(cfg_path)[0]
     assert train_scaled(cfg, SweepSpec(names="cat,a red dog"), quiet=True) == 0
     entries = json.loads((tmp_path / "out" / SWEEP_FILE).read_text())["concepts"]
@@ -224,11 +226,15 @@ def test_sweep_over_two_processes_survives_a_kill_and_a_failing_concept(tmp_path
     assert not list(out.glob("sweep.rank*.json")) and not (out / "not_a_style").exists()
 
 
-def test_ddp_over_two_processes_matches_one_process(tmp_path: Path):
+@pytest.mark.parametrize("model", ["tiny", pytest.param("tiny-sdxl", marks=pytest.mark.slow)])
+def test_ddp_over_two_processes_matches_one_process(tmp_path: Path, model: str):
     from spmctl.training.run import run_training
 
-    # batch 2 and 4 anchors split over 2 ranks; SGD so the weights reflect the gradients linearly
-    sections = {"train": {"optimizer_type": "SGD", "lr": 10.0}, "prompt": {"batch_size": 2, "sampling_batch_size": 4}}
+    # batch 2 and 4 anchors split over 2 ranks; SGD so the weights reflect the gradients linearly (the tiny
+    # SDXL's are ~10x smaller: a larger step makes the same visible change)
+    sections = {"train": {"optimizer_type": "SGD", "lr": 100.0 if model == "tiny-sdxl" else 10.0},
+                "prompt": {"batch_size": 2, "sampling_batch_size": 4},
+                "pretrained_model": {"ckpt_path": model}}
     single_cfg = write_config(tmp_path / "one.yaml", output_dir=str(tmp_path / "one"), **sections)
     reference = load_membrane(run_training(load_train_config(single_cfg)[0], quiet=True)).tensors
 

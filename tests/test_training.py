@@ -26,14 +26,14 @@ from spmctl.training.run import _embeds, run_training
 write_config = write_train_config
 
 
-def objective_terms(cfg_path: Path, membrane: Path | None) -> dict[str, float]:
+def objective_terms(cfg_path: Path, membrane: Path | None, model_name: str = "tiny") -> dict[str, float]:
     """The erase and anchoring terms on fixed draws, for the base model or with a trained membrane."""
     cfg, _ = load_train_config(cfg_path)
-    model = load_model("tiny")
-    net = MembraneNetwork(model.unet)
+    model = load_model(model_name)
+    net = MembraneNetwork.for_model(model)
     if membrane is not None:
         net.load_state_dict_for(0, load_membrane(membrane).tensors)
-    objective = SPMObjective(model, net, lambda: make_scheduler("ddim", model.scheduler_config),
+    objective = SPMObjective(model, net, lambda: model.family.make_scheduler(model, "ddim"),
                              cfg.train.max_denoising_steps)
     embeds = _embeds(model, resolve_prompt_settings(cfg), 1)[0]
     return objective.evaluate(embeds, seed=99, draws=6)
@@ -119,17 +119,27 @@ INTERRUPTED = {"save__per_steps": 4, "train__iterations": 16, "train__lr_schedul
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    """The membrane of the run the interrupted ones must resume to, trained once for all three."""
-    tmp = tmp_path_factory.mktemp("whole")
-    cfg, _ = load_train_config(write_config(tmp / "whole.yaml", output_dir=str(tmp / "whole"), **INTERRUPTED))
-    return load_membrane(run_training(cfg, quiet=True)).tensors
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory):
+    """The membrane of the run the interrupted ones must resume to, trained once per model."""
+    done: dict[str, dict[str, torch.Tensor]] = {}
+
+    def reference(model: str) -> dict[str, torch.Tensor]:
+        if model not in done:
+            tmp = tmp_path_factory.mktemp("whole")
+            cfg_path = write_config(tmp / "whole.yaml", output_dir=str(tmp / "whole"),
+                                    pretrained_model__ckpt_path=model, **INTERRUPTED)
+            done[model] = load_membrane(run_training(load_train_config(cfg_path)[0], quiet=True)).tensors
+        return done[model]
+
+    return reference
 
 
-@pytest.mark.parametrize("stop", ["kill", "ctrl-c", "sigterm"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str, uninterrupted):
-    reference = uninterrupted
-    cut = write_config(tmp_path / "cut.yaml", output_dir=str(tmp_path / "cut"), **INTERRUPTED)
+@pytest.mark.parametrize(("stop", "model"), [("kill", "tiny"), ("ctrl-c", "tiny"), ("sigterm", "tiny"),
+                                             ("sigterm", "tiny-sdxl")])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, stop: str, model: str, uninterrupted):
+    reference = uninterrupted(model)
+    cut = write_config(tmp_path / "cut.yaml", output_dir=str(tmp_path / "cut"), pretrained_model__ckpt_path=model,
+                       **INTERRUPTED)
     how = {"kill": "SIGKILL", "ctrl-c": "SIGINT", "sigterm": "SIGTERM"}[stop]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPMCTL_")}
     proc = subprocess.run([sys.executable, "-c", STOP_AT_STEP_6, how, "train", "-c", str(cut), "--quiet"],
