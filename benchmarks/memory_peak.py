@@ -14,12 +14,11 @@ unit's activations come back once during the backward.
 peak(training) = denoiser weights + membrane (fp32 parameter, gradient, AdamW moments)
                  + saved activations of the ON pass (latents + anchors)
                  (text encoders and VAE offloaded after encoding, `train.offload_text_encoders`)
-peak(sampling) = every part's weights + the largest activation of one forward (CFG: batch 2)
+peak(sampling) = every part's weights + the units' inputs and the largest unit's working set (CFG: batch 2)
 
 `--check NAME` also builds the model with random weights on this machine's CPU (in the model's
 training dtype) and measures the process's peak resident memory over one training step at a small
-resolution, against the same estimate at that resolution (the CPU's attention keeps its matrix:
-that term is counted for the check). Only where the machine holds it: SD 1.5 fp32, SDXL bf16.
+resolution, against the same estimate at that resolution. Only where the machine holds it: SD 1.5 fp32, SDXL bf16.
 """
 
 from __future__ import annotations
@@ -250,7 +249,7 @@ def saved_activations(spec: Spec, batch: int, res: int, dtype: torch.dtype, fuse
                 stack.append(name)
 
             hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            hooks.append(module.register_forward_hook(lambda *_: stack.pop()))
+            hooks.append(module.register_forward_hook(lambda *_: stack.pop() and None))  # None: output kept
     args, kwargs = spec.inputs(batch, res, dtype, "meta")
     sdpa = F.scaled_dot_product_attention
     if fused_attention:
@@ -279,7 +278,9 @@ def estimate(spec: Spec, batch: int, anchors: int, res: int, dtype: torch.dtype,
               "vae": sum(p.numel() for p in vae.parameters()), "membrane_rank1": membrane_params(denoiser)}
     membrane = params["membrane_rank1"] * 4 * 4  # fp32 parameter, gradient, two AdamW moments
     act = saved_activations(spec, batch + anchors, res, dtype, fused_attention)
-    sample_act = saved_activations(spec, 2, res, dtype, fused_attention)["saved"]  # CFG batch, upper bound
+    # sampling keeps nothing for a backward: at any time the residual stream and skip connections (the
+    # checkpointed units' inputs) and one unit's working set, for the CFG batch of 2
+    sample_act = saved_activations(spec, 2, res, dtype, fused_attention)["saved_checkpointed"]
     train = weights["denoiser"] + membrane + act["saved"]
     train_ckpt = weights["denoiser"] + membrane + act["saved_checkpointed"]
     return {
@@ -297,11 +298,16 @@ def check(key: str, res: int, anchors: int) -> dict[str, Any]:
     """Random weights of the real shapes on the CPU: one training step's peak RSS against the estimate."""
     spec = SPECS[key]
     dtype = spec.dtype
-    expected = estimate(spec, 1, anchors, res, dtype, fused_attention=False)  # the CPU keeps attention matrices
+    expected = estimate(spec, 1, anchors, res, dtype)  # PyTorch's CPU SDPA is a flash kernel too
     gc.collect()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.manual_seed(0)
-    denoiser = spec.denoiser().to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: no fp32 copy on the way
+    try:
+        denoiser = spec.denoiser()
+    finally:
+        torch.set_default_dtype(default)
     denoiser.requires_grad_(False)
     from spmctl.membrane import MembraneNetwork
     from spmctl.membrane.network import find_targets
@@ -321,7 +327,7 @@ def check(key: str, res: int, anchors: int) -> dict[str, Any]:
     return {"model": spec.name, "resolution": res, "dtype": str(dtype).removeprefix("torch."), "anchors": anchors,
             "measured_peak_gib": round(measured / GiB, 2), "estimated_peak_gib": round(predicted / GiB, 2),
             "ratio": round(measured / predicted, 3), "step_seconds": round(seconds, 1),
-            "note": "peak RSS growth of this process over building the model and one step (CPU, math attention)"}
+            "note": "peak RSS growth of this process over building the model and one training step (CPU)"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from ..base import (
     ModelFamily,
     ModelProbe,
     Target,
-    parameter_bytes,
 )
 
 if TYPE_CHECKING:
@@ -123,16 +122,5 @@ class SD1Family(ModelFamily):
                     checkpointing: bool = False, offload: bool = True) -> MemoryEstimate:
         from ..memory import unet_estimate
 
-        text = sum(parameter_bytes(m) for m in model.text_encoders)
-        return unet_estimate(model.denoiser, model.vae, text, model.vae_scale_factor, batch, height, width,
-                             training=training, checkpointing=checkpointing, offload=offload,
-                             membrane_layers=self.membrane_targets_count(model))
-
-    def membrane_targets_count(self, model: ModelBundle) -> list[tuple[int, int]]:
-        """(in, out) features of every layer that carries a membrane (for the membrane's size)."""
-        shapes = []
-        for _, _, _, layer in self.membrane_targets(model.denoiser):
-            weight = getattr(layer, "weight", None)
-            if weight is not None:
-                shapes.append((int(weight[0].numel()), int(weight.shape[0])))
-        return shapes
+        return unet_estimate(model, self.membrane_targets(model.denoiser), batch, height, width,
+                             training=training, checkpointing=checkpointing, offload=offload)
