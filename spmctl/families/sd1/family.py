@@ -35,6 +35,7 @@ class SD1Family(ModelFamily):
     name = "sd1"
     description = "Stable Diffusion 1.x and 2.x (UNet, one CLIP text encoder; ε or v prediction)"
     tiny_names = ("tiny", "builtin:tiny-sd")
+    memory_architecture = "sd15"  # whose measured activation coefficients (families.memory) apply
 
     # ------------------------------------------------------------------ finding and loading
     def detect(self, probe: ModelProbe) -> bool:
@@ -123,4 +124,5 @@ class SD1Family(ModelFamily):
         from ..memory import unet_estimate
 
         return unet_estimate(model, self.membrane_targets(model.denoiser), batch, height, width,
-                             training=training, checkpointing=checkpointing, offload=offload)
+                             training=training, checkpointing=checkpointing, offload=offload,
+                             architecture=self.memory_architecture)
