@@ -234,3 +234,16 @@ def test_estimate_refuses_a_run_that_cannot_fit(tmp_path: Path):
     assert len(lines) == 1 and "prompt.resolution = 40960" in lines[0] and "needs about" in lines[0]
     assert "train.gradient_checkpointing" in lines[0]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_sdxl_estimate_uses_the_coefficients_measured_on_sdxl():
+    """SDXL's UNet keeps about twice SD 1.5's activations per latent pixel (benchmarks/memory_peak.py):
+    an SDXL run estimated with SD 1.5's coefficients would pass a memory check it then fails."""
+    from spmctl.families.memory import PER_LATENT_PIXEL
+
+    sdxl = load_model("tiny-sdxl")
+    base = load_model("tiny")
+    ratio = PER_LATENT_PIXEL["sdxl"][0] / PER_LATENT_PIXEL["sd15"][0]
+    per_pixel = [m.family.peak_memory(m, 1, 64, 64, training=True).activations
+                 / m.denoiser.config.block_out_channels[0] for m in (sdxl, base)]
+    assert per_pixel[0] / per_pixel[1] == pytest.approx(ratio, rel=0.01)

@@ -39,6 +39,7 @@ class SDXLFamily(SD1Family):
     description = "Stable Diffusion XL (UNet, two CLIP text encoders, pooled embedding and size ids; ε)"
     tiny_names = TINY_SDXL_NAMES
     lora_layouts = ("kohya", "diffusers")  # kohya: the sgm names SDXL tools read; diffusers: the file's own
+    memory_architecture = "sdxl"  # activation coefficients measured on the real SDXL UNet (families.memory)
 
     # ------------------------------------------------------------------ finding and loading
     def detect(self, probe: ModelProbe) -> bool:
