@@ -442,6 +442,13 @@ class ModelFamily(abc.ABC):
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def onload_text_encoders(self, model: ModelBundle) -> None:
+        """Undo `offload_text_encoders` (training previews encode prompts and decode images)."""
+        device = next(model.denoiser.parameters()).device
+        for part in (*model.text_encoders, model.vae):
+            if part is not None:
+                part.to(device)
+
     @abc.abstractmethod
     def peak_memory(self, model: ModelBundle, batch: int, height: int, width: int, *, training: bool,
                     checkpointing: bool = False, offload: bool = True) -> MemoryEstimate:

@@ -346,11 +346,16 @@ class TrainingRun:
         membrane = MembraneFile(weights, self.concepts, cfg.network.rank, cfg.network.alpha)
         assert self.previewer is not None  # run_training refuses previews without one
         self.network.detach()
+        offloaded = cfg.train.offload_text_encoders
+        if offloaded:  # the previews encode prompts and decode latents where the UNet is
+            self.model.family.onload_text_encoders(self.model)
         try:
             written, seconds = self.previewer(self.model, membrane, cfg, self.settings, self.folder.path / PREVIEWS,
                                               self.name, step)
         finally:
             self.network.attach()
+            if offloaded:
+                self.model.family.offload_text_encoders(self.model)
         self.console.print(f"step {step}: {len(written)} preview images in {seconds:.1f} s "
                            f"({self.folder.path / PREVIEWS})", highlight=False)
         return seconds
