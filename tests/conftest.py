@@ -71,6 +71,24 @@ def one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def process_state_restored():
+    """Quiet mode (`quiet=True`, `-q`) silences the whole process it runs in, and the workers it
+    starts (environment, warning filters, logging, stderr): right for the CLI, but a test calling it
+    in-process must not silence the tests after it (their `spmctl` subprocesses inherit the
+    environment), so each test gets the process state back as it found it."""
+    import logging
+    import warnings
+
+    env, stderr, disabled = dict(os.environ), sys.stderr, logging.root.manager.disable
+    with warnings.catch_warnings():
+        yield
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stderr = stderr
+    logging.disable(disabled)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny model saved as a diffusers folder (what a downloaded model looks like)."""
