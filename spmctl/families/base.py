@@ -471,3 +471,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def pooled_pipeline_kwargs(cond: Conditioning, negative: Conditioning | None) -> dict[str, Any]:
+    """The embeddings a diffusers pipeline with a pooled text vector (SDXL, SD3, FLUX) takes."""
+    kwargs: dict[str, Any] = {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled}
+    if negative is not None:
+        kwargs["negative_prompt_embeds"] = negative.embeds
+        kwargs["negative_pooled_prompt_embeds"] = negative.pooled
+    return kwargs

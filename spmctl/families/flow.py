@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError
-from .base import Conditioning, LoadOptions, ModelBundle, ModelFamily, ModelProbe, Target, parameter_bytes
+from .base import (
+    Conditioning,
+    LoadOptions,
+    ModelBundle,
+    ModelFamily,
+    ModelProbe,
+    Target,
+    parameter_bytes,
+    pooled_pipeline_kwargs,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -241,11 +250,7 @@ class FlowFamily(ModelFamily):
 
     # ------------------------------------------------------------------ sampling
     def pipeline_kwargs(self, cond: Conditioning, negative: Conditioning | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled}
-        if negative is not None:
-            kwargs["negative_prompt_embeds"] = negative.embeds
-            kwargs["negative_pooled_prompt_embeds"] = negative.pooled
-        return kwargs
+        return pooled_pipeline_kwargs(cond, negative)
 
     # ------------------------------------------------------------------ memory
     def peak_memory(self, model: ModelBundle, batch: int, height: int, width: int, *, training: bool,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import SpmctlError, one_line
-from ..base import Conditioning, GateFeatures, LoadOptions, ModelBundle, ModelProbe
+from ..base import Conditioning, GateFeatures, LoadOptions, ModelBundle, ModelProbe, pooled_pipeline_kwargs
 from ..sd1.family import SD1Family
 from .tiny import TINY_SDXL_NAMES
 
@@ -178,11 +178,7 @@ class SDXLFamily(SD1Family):
         )
 
     def pipeline_kwargs(self, cond: Conditioning, negative: Conditioning | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled}
-        if negative is not None:
-            kwargs["negative_prompt_embeds"] = negative.embeds
-            kwargs["negative_pooled_prompt_embeds"] = negative.pooled
-        return kwargs
+        return pooled_pipeline_kwargs(cond, negative)
 
     def export_lora(self, tensors: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
         from .lora import to_kohya
