@@ -79,6 +79,21 @@ def test_detected_from_a_folder_and_membranes_on_the_blocks_linears(flow, tmp_pa
     assert not any(p.startswith(("x_embedder", "context_embedder", "norm_out", "proj_out")) for p in paths)
 
 
+def test_a_named_epsilon_sampler_is_not_ignored_silently(flow):
+    """SD3/FLUX always sample with their flow-matching Euler scheduler: a sampler the user named
+    (here LMS) gets a warning saying so; the defaults (ddim, model) stay quiet."""
+    import warnings
+
+    name, model = flow
+    with pytest.warns(UserWarning, match=f"'lms' does not apply to {name}"):
+        sched = model.family.make_scheduler(model, "lms")
+    assert type(sched).__name__ == "FlowMatchEulerDiscreteScheduler"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.family.make_scheduler(model, "ddim")
+        model.family.make_scheduler(model, "model")
+
+
 def test_training_moves_the_velocity_toward_the_erase_target_while_anchors_stay(flow, flow_trained):
     """At x_t drawn as training draws it, the trained membrane's velocity for "cat" is closer to
     v_neu − g·(v_pos − v_neu) (g = 1, neutral "") than the base model's, and random anchors barely move."""

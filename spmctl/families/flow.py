@@ -21,6 +21,7 @@ term by term:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,8 +164,14 @@ class FlowFamily(ModelFamily):
     # ------------------------------------------------------------------ schedules
     def make_scheduler(self, model: ModelBundle, name: str, *, config: dict[str, Any] | None = None) -> Any:
         """Always the model's flow-matching Euler scheduler: ε-space samplers (DDIM, LMS...) do not
-        apply to a velocity, so `noise_scheduler` is not used by these families."""
+        apply to a velocity, so `noise_scheduler` is not used by these families. A sampler named
+        on purpose (anything but the defaults `ddim` and `model`) gets a warning rather than
+        silence: the images would otherwise not be what the user asked for."""
         from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if name not in ("ddim", "model"):
+            warnings.warn(f"noise_scheduler {name!r} does not apply to {self.name} (a flow-matching model): "
+                          "it samples with its flow-matching Euler scheduler", stacklevel=2)
 
         base = config or model.scheduler_config
         return FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in base.items() if not k.startswith("_")})
