@@ -5,6 +5,7 @@ No torch or diffusers import, so config validation and `--help` stay cheap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Literal
 
@@ -39,3 +40,20 @@ def either(names: Iterable[str]) -> str:
     """"a, b or c", for help texts and error messages."""
     items = list(names)
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def slug(text: str, limit: int = 60, *, empty: str = "prompt", keep_cut_separator: bool = False) -> str:
+    """`text` as a file-name stem: lower case, every run of other characters than a-z and 0-9 one "_",
+    at most `limit` characters, `empty` when nothing is left (non-ASCII letters are such characters).
+
+    Image file names (sample, attack, benchmark) drop a "_" the cut leaves at the end; run and sweep
+    folder names were first made keeping it (`keep_cut_separator`, see `run_slug`), and a resumed
+    sweep must find its folders by these names, so neither may change (tests/test_names.py pins them).
+    """
+    name = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit]
+    return (name if keep_cut_separator else name.rstrip("_")) or empty
+
+
+def run_slug(text: str) -> str:
+    """A training run's default name and a sweep concept's folder (`output_dir/<run_slug(concept)>/`)."""
+    return slug(text, empty="spm", keep_cut_separator=True)

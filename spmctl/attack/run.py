@@ -21,7 +21,8 @@ from rich.console import Console
 
 from ..errors import ConfigError, SpmctlError, config_error
 from ..fileio import write_text_atomic
-from ..sampling.output import save_png, slug, to_pil
+from ..names import slug
+from ..sampling.output import save_png, to_pil
 from .config import AttackConfig
 from .engine import Item, load_state, save_state
 from .tokens import layout, word_vocab

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import SpmctlError
+from ..names import slug
 from .pins import package_versions
 from .state import RunState
 from .suites import Options
@@ -133,8 +134,6 @@ def run_labels(membranes: dict[str, Path]) -> list[tuple[str, Path | None]]:
 
 
 def sample_folder(root: Path, label: str) -> Path:
-    from ..sampling.output import slug
-
     return root / "samples" / slug(label)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpmctlError, config_error, one_line
+from ..names import run_slug
 from . import dist
 from .sweep_state import SweepState
 
@@ -58,7 +59,6 @@ def sweep_concepts(spec: SweepSpec, cfg: TrainConfig) -> tuple[str, list[str]]:
     An unknown template fails the whole sweep here; an unknown *name* fails only that concept, later."""
     from .. import plugins
     from ..providers import as_list
-    from ..training.run import slug
 
     template = spec.template or cfg.template or DEFAULT_TEMPLATE
     provider = plugins.get_template(template)
@@ -78,10 +78,10 @@ def sweep_concepts(spec: SweepSpec, cfg: TrainConfig) -> tuple[str, list[str]]:
         raise config_error("the sweep lists no concepts")
     owner: dict[str, str] = {}
     for name in names:
-        other = owner.setdefault(slug(name), name)
+        other = owner.setdefault(run_slug(name), name)
         if other != name:
             raise config_error(f"sweep concepts {other!r} and {name!r} would share the folder "
-                               f"{slug(name)!r}; list one of them")
+                               f"{run_slug(name)!r}; list one of them")
     return template, names
 
 
@@ -102,13 +102,13 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: dist.DistEnv, console: Con
     Concept-parallel: this rank trains the concepts i % world_size == rank of those still to do.
     With `ddp`, every rank trains every concept together (and rank 0 keeps the record)."""
     from ..sampling.preview import write_previews
-    from ..training.run import run_training, slug
+    from ..training.run import run_training
 
     template, names = sweep_concepts(spec, cfg)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     state = SweepState(root, env.rank, {"template": template, "order": names})
-    todo, entries = dist.from_main(lambda: state.plan(names, {n: slug(n) for n in names}))
+    todo, entries = dist.from_main(lambda: state.plan(names, {n: run_slug(n) for n in names}))
     mine = todo if ddp is not None else todo[env.rank::env.world_size]
     records = ddp is None or ddp.is_main
     skipped = len(names) - len(todo)
@@ -116,7 +116,7 @@ def run_sweep(cfg: TrainConfig, spec: SweepSpec, env: dist.DistEnv, console: Con
         console.print(f"sweep: {skipped} of {len(names)} concepts already done in {root}: skipped")
     for i, name in enumerate(mine, 1):
         entry = entries[name]
-        folder = root / slug(name)
+        folder = root / run_slug(name)
         concept_cfg = concept_config(cfg, template, name, folder)
         _say(env, ddp, console, quiet, f"sweep: {name!r} ({i}/{len(mine)}"
              f"{f' on rank {env.rank}' if env.distributed and ddp is None else ''})"

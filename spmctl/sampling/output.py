@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..fileio import atomic_write, make_parents, remove_empty, write_error, write_text_atomic
 from ..image_index import MANIFEST, read_manifest
+from ..names import slug
 from .generate import Job
 
 GRID = "grid.png"
@@ -44,10 +44,6 @@ SETTINGS_KEYS = (
     "clip_skip",
     "precision",
 )
-
-
-def slug(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].rstrip("_") or "prompt"
 
 
 def file_names(jobs: Iterable[Job]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from rich.console import Console
 from ..config.train import TrainConfig
 from ..errors import SpmctlError
 from ..fileio import atomic_write, write_text_atomic
+from ..names import run_slug
 from .checkpoint import all_finite, load_state, save_state
 from .folder import RunFolder
 from .objective import Embeds, SPMObjective
@@ -29,10 +29,6 @@ from .signals import EXIT_CODES, QuitNow, deferred_stop
 
 if TYPE_CHECKING:
     from .parallel import Parallel
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "spm"
 
 
 def pick_device(devices: str, warn: Any) -> str:
@@ -155,7 +151,7 @@ class TrainingRun:
         self.settings = resolve_prompt_settings(cfg, self.warn)
         check_optimizer_args(cfg.train)  # before the model loads and before output_dir is made
         self.concepts = concept_names(self.settings)
-        self.name = cfg.save.name or slug("_".join(self.concepts))
+        self.name = cfg.save.name or run_slug("_".join(self.concepts))
         self.folder = RunFolder(Path(cfg.output_dir), self.name)
         self.saved_step: int | None = None  # the step of the resume state on disk
         self.parts: list[dict[str, Any]] = []  # earlier parts of a resumed run
