@@ -190,8 +190,9 @@ def main() -> None:
         return membrane_gates(scores, bank)
 
     def spmctl_ft() -> None:
-        # as `spmctl sample` does: the prompts' embeddings serve both the gates and generation
-        gates = gates_for(prompts, generate.embeds(prompts))
+        # as `spmctl sample` does: the prompts' conditioning serves both the gates and generation
+        cond = generate.embeds(prompts)
+        gates = gates_for(prompts, model.family.gate_embeds_of(model, cond, generate.clip_skip))
         for batch in batches:
             stack.set_gates(gates[[j.row for j in batch]])
             generate(batch)
