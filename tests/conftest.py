@@ -92,9 +92,10 @@ def process_state_restored():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny model saved as a diffusers folder (what a downloaded model looks like)."""
-    from spmctl.families.sd1.tiny import save_tiny_pipeline
+    from spmctl.families.sd1.tiny import build_tiny_pipeline
+    from spmctl.models.tiny import save_tiny
 
-    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return save_tiny(build_tiny_pipeline(), tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SPMCTL, TINY_TRAIN, run_spmctl, write_train_config
+from helpers_shards import assert_shards_average_to_the_batch, trained_looking
 
 from spmctl.config.train import load_train_config
 from spmctl.distributed import dist
@@ -51,22 +52,7 @@ def test_shards_average_to_the_full_batch_gradient(tiny_objective, batch: int, a
     objective, embeds, params = tiny_objective
     settings = embeds.settings.model_copy(update={"batch_size": batch, "sampling_batch_size": anchors})
     probe = type(embeds)(settings, embeds.unconditional, embeds.target, embeds.positive, embeds.neutral)
-
-    def gradient(shard):
-        objective.shard = shard
-        for p in params:
-            p.grad = None
-        loss, terms = objective.loss(probe, torch.Generator().manual_seed(5))
-        loss.backward()
-        return [p.grad.clone() for p in params], terms["loss"]
-
-    full, full_loss = gradient(None)
-    parts = [gradient((rank, 2)) for rank in range(2)]
-    objective.shard = None
-    scale = max(g.abs().max() for g in full)
-    for whole, g0, g1 in zip(full, parts[0][0], parts[1][0], strict=True):
-        torch.testing.assert_close((g0 + g1) / 2, whole, rtol=0, atol=1e-5 * float(scale))
-    assert (parts[0][1] + parts[1][1]) / 2 == pytest.approx(full_loss, rel=1e-5)
+    assert_shards_average_to_the_batch(objective, probe, params)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +69,7 @@ def tiny_objective():
     torch.manual_seed(0)
     network = MembraneNetwork(model.unet)
     params = network.trainable_parameters()
-    with torch.no_grad():  # a trained-looking membrane, so that every gradient is nonzero
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.05)
+    trained_looking(params)
     objective = SPMObjective(model, network, lambda: make_scheduler("ddim", model.scheduler_config), 4)
     return objective, _embeds(model, resolve_prompt_settings(cfg), 1)[0], params
 

@@ -10,8 +10,9 @@ import torch
 
 from spmctl.families.sdxl.lora import layers_per_block_of, sgm_path, to_kohya
 from spmctl.families.sdxl.text import encode_xl, time_ids
-from spmctl.families.sdxl.tiny import build_tiny_sdxl_pipeline, build_tiny_sdxl_unet, save_tiny_sdxl_pipeline
+from spmctl.families.sdxl.tiny import build_tiny_sdxl_pipeline, build_tiny_sdxl_unet
 from spmctl.membrane import MembraneNetwork
+from spmctl.models.tiny import save_tiny
 
 GEN_KW = {"num_inference_steps": 3, "height": 64, "width": 64, "output_type": "np"}
 
@@ -44,7 +45,7 @@ def test_tiny_sdxl_is_deterministic_and_sdxl_shaped(pipe, tmp_path: Path):
     # written as a diffusers folder, it loads back into diffusers' SDXL pipeline with the same weights
     from diffusers import StableDiffusionXLPipeline
 
-    folder = save_tiny_sdxl_pipeline(tmp_path / "tiny-sdxl")
+    folder = save_tiny(build_tiny_sdxl_pipeline(), tmp_path / "tiny-sdxl")
     loaded = StableDiffusionXLPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
     assert abs(_image(loaded) - image).max() < 1e-5  # (float noise: transformers picks its attention kernel)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+from ..config.loader import leaves
+
 PACKAGES = ("spmctl", "torch", "diffusers", "transformers")
 
 
@@ -24,19 +26,7 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
     return out
 
 
-def flatten(pins: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: differences can then be named key by key."""
-    out: dict[str, Any] = {}
-    for key, value in pins.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The pins (dotted names) on which two results differ, in order."""
-    fa, fb = flatten(a), flatten(b)
+    fa, fb = leaves(a), leaves(b)
     return [key for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]

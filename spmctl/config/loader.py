@@ -171,12 +171,14 @@ def deep_merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _leaves(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def leaves(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1, "c": {}}} -> {"a.b": 1, "a.c": {}}: every value by its dotted key (the `--set`
+    form); an empty section is a value, so that setting one is seen."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            out.update(_leaves(value, dotted + "."))
+            out.update(leaves(value, dotted + "."))
         else:
             out[dotted] = value
     return out
@@ -220,7 +222,7 @@ def provenance(sources: list[tuple[str, Mapping[str, Any]]]) -> Provenance:
     (a value, a list, or a section where the lower source had a value) replaces what was there."""
     tree: dict[str, Any] = {}
     for name, values in sources:
-        for key in _leaves(values):
+        for key in leaves(values):
             node = tree
             *parents, last = key.split(".")
             for part in parents:
@@ -341,7 +343,7 @@ def build_config(
         env = normalise(dict(env), "environment")
         cli_values = normalise(dict(cli_values), COMMAND_LINE)
         layers = [(name, normalise(dict(values), name)) for name, values in layers]
-    env_names = sorted(ENV_PREFIX + k.replace(".", "__").upper() for k in _leaves(env))
+    env_names = sorted(ENV_PREFIX + k.replace(".", "__").upper() for k in leaves(env))
     env_label = "environment (" + ", ".join(env_names) + ")"
     origin = provenance([(file_label, file_values), (env_label, env), *layers])
     token = _file_values.set(dict(file_values))

@@ -5,19 +5,9 @@ Light to import (no torch): `spmctl plugins list` loads the families' plugin mod
 
 from __future__ import annotations
 
-from .base import (
-    Conditioning,
-    GateFeatures,
-    LoadOptions,
-    MemoryEstimate,
-    ModelBundle,
-    ModelFamily,
-    ModelProbe,
-    Target,
-)
+from . import base
+from .base import *  # noqa: F403 -- the interface: the names `base.__all__` lists, kept in one place
 from .registry import detect, families, get_family, load_model, probe, tiny_names
 
-__all__ = [
-    "Conditioning", "GateFeatures", "LoadOptions", "MemoryEstimate", "ModelBundle", "ModelFamily", "ModelProbe",
-    "Target", "detect", "families", "get_family", "load_model", "probe", "tiny_names",
-]
+__all__ = ["detect", "families", "get_family", "load_model", "probe", "tiny_names"]
+__all__ += base.__all__

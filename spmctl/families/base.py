@@ -36,6 +36,10 @@ if TYPE_CHECKING:  # torch stays out of `spmctl --help` and `spmctl plugins list
     import torch
     from torch import nn
 
+# what a family is written against; `spmctl.families` re-exports these names
+__all__ = ["Conditioning", "GateFeatures", "LoadOptions", "MemoryEstimate", "ModelBundle", "ModelFamily",
+           "ModelProbe", "Target"]
+
 # (module path, parent, attribute, layer): one layer that carries a membrane (see membrane.network)
 Target = tuple[str, Any, str, Any]
 
@@ -244,6 +248,12 @@ class ModelFamily(abc.ABC):
     def bundle_from_pipeline(self, pipe: Any, source: str) -> ModelBundle:
         """The bundle of an already-built diffusers pipeline (what `spmctl.attach` is given)."""
         raise SpmctlError(f"{self.name}: attaching to a pipeline is not supported for this family")
+
+    @staticmethod
+    def scheduler_config_of(pipe: Any) -> dict[str, Any]:
+        """A pipeline's scheduler config with its class name (a bundle's `scheduler_config`):
+        `--noise-scheduler model` rebuilds the model's own scheduler from it."""
+        return {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
 
     def is_tiny(self, source: str) -> bool:
         return source in self.tiny_names

@@ -84,10 +84,11 @@ def calculate_mu(config: dict[str, Any], image_seq_len: int) -> float:
 
 
 class FlowFamily(ModelFamily):
-    """A flow-matching MMDiT family. Subclasses set the class names and implement `predict`,
-    `encode`, `gate_features`, `text_regions`, `build_tiny` and `pipeline`."""
+    """A flow-matching MMDiT family. Subclasses set the class names and the number of text encoders,
+    and implement `predict`, `encode`, `gate_features`, `text_regions` and `build_tiny`."""
 
     pipeline_class_name = ""
+    text_encoders = 2  # the pipeline's tokenizer/text_encoder, tokenizer_2/text_encoder_2, ... pairs
     denoiser_class_name = ""
     single_file_markers: tuple[str, ...] = ()  # tensor-name fragments of the original single files
     lora_layouts = ("diffusers",)  # what `StableDiffusion3Pipeline`/`FluxPipeline.load_lora_weights` read
@@ -124,6 +125,25 @@ class FlowFamily(ModelFamily):
             model = self.bundle_from_pipeline(pipe, source)
         prepare_parts(list(model.parts().values()), options.dtype, options.device)
         return model
+
+    def _part_names(self, stem: str) -> list[str]:
+        """The pipeline's names of its text parts, in order: `tokenizer`, `tokenizer_2`, ..."""
+        return [stem] + [f"{stem}_{i}" for i in range(2, self.text_encoders + 1)]
+
+    def bundle_from_pipeline(self, pipe: Any, source: str) -> ModelBundle:
+        return ModelBundle(self, source, pipe.transformer, pipe.vae, self.scheduler_config_of(pipe),
+                           tuple(getattr(pipe, name) for name in self._part_names("tokenizer")),
+                           tuple(getattr(pipe, name) for name in self._part_names("text_encoder")))
+
+    def pipeline(self, model: ModelBundle, scheduler: Any) -> Any:
+        import diffusers
+
+        parts = {**dict(zip(self._part_names("tokenizer"), model.tokenizers, strict=True)),
+                 **dict(zip(self._part_names("text_encoder"), model.text_encoders, strict=True))}
+        pipe = getattr(diffusers, self.pipeline_class_name)(transformer=model.denoiser, scheduler=scheduler,
+                                                            vae=model.vae, **parts)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def _single_file(self, path: Path) -> Any:
         raise SpmctlError(f"{path}: single-file {self.name} checkpoints are not supported yet; use a "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any
 
 from ..datafiles import data_file
@@ -157,3 +158,11 @@ def build_tiny_scheduler():
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
+
+
+def save_tiny(pipeline: Any, path: str | Path) -> Path:
+    """Write a tiny pipeline (any family's `build_tiny_*_pipeline()`) as a diffusers folder, what a
+    downloaded model looks like: the tests load models from such folders."""
+    path = Path(path)
+    pipeline.save_pretrained(path, safe_serialization=True)
+    return path

@@ -45,6 +45,7 @@ class FluxFamily(FlowFamily):
     description = "FLUX.1 dev/schnell (MMDiT, CLIP-L pooled + T5, flow matching, guidance embedding)"
     tiny_names = TINY_FLUX_NAMES
     pipeline_class_name = "FluxPipeline"
+    text_encoders = 2  # CLIP-L, T5
     denoiser_class_name = "FluxTransformer2DModel"
     single_file_markers = ("double_blocks.0.img_attn.qkv.weight",)
     true_cfg = False
@@ -55,20 +56,6 @@ class FluxFamily(FlowFamily):
         from .tiny import build_tiny_flux_pipeline
 
         return build_tiny_flux_pipeline()
-
-    def bundle_from_pipeline(self, pipe: Any, source: str) -> ModelBundle:
-        config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
-        return ModelBundle(self, source, pipe.transformer, pipe.vae, config,
-                           (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2))
-
-    def pipeline(self, model: ModelBundle, scheduler: Any) -> Any:
-        from diffusers import FluxPipeline
-
-        pipe = FluxPipeline(scheduler=scheduler, vae=model.vae, text_encoder=model.text_encoders[0],
-                            tokenizer=model.tokenizers[0], text_encoder_2=model.text_encoders[1],
-                            tokenizer_2=model.tokenizers[1], transformer=model.denoiser)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     # ------------------------------------------------------------------ text
     def encode(self, model: ModelBundle, prompts: list[str], *, clip_skip: int = 1) -> Conditioning:

@@ -9,7 +9,6 @@ T5's per-token states as the text stream, and FLUX.1-dev's own scheduler config 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ...models.tiny import VAE_CONFIG, build_tiny_tokenizer, tiny_clip_config
@@ -74,10 +73,3 @@ def build_tiny_flux_pipeline(seed: int = 0):
         tokenizer_2=build_tiny_t5_tokenizer(),
         transformer=transformer,
     )
-
-
-def save_tiny_flux_pipeline(path: str | Path, seed: int = 0) -> Path:
-    """The tiny FLUX as a diffusers folder."""
-    path = Path(path)
-    build_tiny_flux_pipeline(seed).save_pretrained(path, safe_serialization=True)
-    return path

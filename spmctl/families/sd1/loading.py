@@ -13,10 +13,8 @@ _NO_CHECKER: dict[str, Any] = {"safety_checker": None, "requires_safety_checker"
 
 
 def from_pipeline(family: Any, pipe: Any, source: str, v_pred: bool = False) -> ModelBundle:
-    # the class name goes with the config: `--noise-scheduler model` rebuilds the model's own scheduler
-    config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
-    return ModelBundle(family, source, pipe.unet, pipe.vae, config, (pipe.tokenizer,), (pipe.text_encoder,),
-                       {"v_pred": v_pred})
+    return ModelBundle(family, source, pipe.unet, pipe.vae, family.scheduler_config_of(pipe), (pipe.tokenizer,),
+                       (pipe.text_encoder,), {"v_pred": v_pred})
 
 
 def check_architecture(model: ModelBundle) -> None:

@@ -6,7 +6,6 @@ family shares (`spmctl.models.tiny`). Same seed, same weights, every time.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...models.tiny import build_tiny_scheduler, build_tiny_text_encoder, build_tiny_tokenizer, build_tiny_vae
@@ -50,11 +49,4 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model as a diffusers folder (what `spmctl download`-ed models look like)."""
-    path = Path(path)
-    build_tiny_pipeline(seed).save_pretrained(path, safe_serialization=True)
-    return path
 

@@ -26,6 +26,7 @@ class SD3Family(FlowFamily):
     description = "Stable Diffusion 3/3.5 (MMDiT, CLIP-L + CLIP-G + T5, flow matching)"
     tiny_names = TINY_SD3_NAMES
     pipeline_class_name = "StableDiffusion3Pipeline"
+    text_encoders = 3  # CLIP-L, CLIP-G, T5
     denoiser_class_name = "SD3Transformer2DModel"
     single_file_markers = ("joint_blocks.0.x_block.attn.qkv.weight",)
     true_cfg = True
@@ -37,22 +38,6 @@ class SD3Family(FlowFamily):
         from .tiny import build_tiny_sd3_pipeline
 
         return build_tiny_sd3_pipeline()
-
-    def bundle_from_pipeline(self, pipe: Any, source: str) -> ModelBundle:
-        config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
-        return ModelBundle(self, source, pipe.transformer, pipe.vae, config,
-                           (pipe.tokenizer, pipe.tokenizer_2, pipe.tokenizer_3),
-                           (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3))
-
-    def pipeline(self, model: ModelBundle, scheduler: Any) -> Any:
-        from diffusers import StableDiffusion3Pipeline
-
-        (tok1, tok2, tok3), (enc1, enc2, enc3) = model.tokenizers, model.text_encoders
-        pipe = StableDiffusion3Pipeline(transformer=model.denoiser, scheduler=scheduler, vae=model.vae,
-                                        text_encoder=enc1, tokenizer=tok1, text_encoder_2=enc2, tokenizer_2=tok2,
-                                        text_encoder_3=enc3, tokenizer_3=tok3)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     # ------------------------------------------------------------------ text
     def encode(self, model: ModelBundle, prompts: list[str], *, clip_skip: int = 1) -> Conditioning:

@@ -9,7 +9,6 @@ after the CLIP tokens, and SD3's own scheduler config (flow matching, shift 3).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ...models.tiny import VAE_CONFIG, build_tiny_tokenizer, tiny_clip_config
@@ -78,10 +77,3 @@ def build_tiny_sd3_pipeline(seed: int = 0):
         text_encoder_3=build_tiny_t5_encoder(T5_WIDTH, seed + 24),
         tokenizer_3=build_tiny_t5_tokenizer(),
     )
-
-
-def save_tiny_sd3_pipeline(path: str | Path, seed: int = 0) -> Path:
-    """The tiny SD3 as a diffusers folder."""
-    path = Path(path)
-    build_tiny_sd3_pipeline(seed).save_pretrained(path, safe_serialization=True)
-    return path

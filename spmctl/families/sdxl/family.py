@@ -83,10 +83,9 @@ class SDXLFamily(SD1Family):
                               "lacks the second text encoder); set pretrained_model.family")
         if pipe.text_encoder is None:
             raise SpmctlError(f"{source}: an SDXL refiner (one text encoder) is not supported; use an SDXL base")
-        config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
         zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
-        return ModelBundle(self, source, pipe.unet, pipe.vae, config, (pipe.tokenizer, pipe.tokenizer_2),
-                           (pipe.text_encoder, pipe.text_encoder_2),
+        return ModelBundle(self, source, pipe.unet, pipe.vae, self.scheduler_config_of(pipe),
+                           (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
                            {"v_pred": v_pred, "force_zeros_for_empty_prompt": zeros})
 
     # ------------------------------------------------------------------ text

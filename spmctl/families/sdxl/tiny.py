@@ -17,7 +17,6 @@ Both tokenizers are the tiny SD tokenizer; the second pads with "!" as SDXL's se
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...models.tiny import SCHEDULER_CONFIG, TEXT_CONFIG, VAE_CONFIG, build_tiny_tokenizer, tiny_clip_config
@@ -131,10 +130,3 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-
-
-def save_tiny_sdxl_pipeline(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny SDXL as a diffusers folder (what a downloaded SDXL looks like)."""
-    path = Path(path)
-    build_tiny_sdxl_pipeline(seed).save_pretrained(path, safe_serialization=True)
-    return path
