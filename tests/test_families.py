@@ -13,7 +13,7 @@ from conftest import run_spmctl, write_train_config
 
 from spmctl import plugins
 from spmctl.errors import SpmctlError
-from spmctl.families import detect, families, load_model, probe
+from spmctl.families import detect, families, load_model, probe, tiny_names
 from spmctl.families.sd1.family import SD1Family
 from spmctl.hookspecs import hookimpl
 
@@ -138,6 +138,15 @@ def test_detect_each_source_kind(tiny_model_dir: Path, tmp_path: Path, monkeypat
     with pytest.raises(SpmctlError, match="no model family handles SomethingElsePipeline"):
         detect("someone/model")
     assert detect("someone/not-downloaded").name == "sd1"  # nothing to go on: SD 1.x, as before families
+
+
+def test_each_tiny_name_belongs_to_its_own_family_only():
+    """`builtin:tiny-sdxl` (the source a tiny-SDXL membrane records) once passed SD 1.x's prefix test
+    `startswith("builtin:tiny-sd")`: forced to sd1, it built the tiny SD 1.x instead of failing."""
+    table = families()
+    for tiny, owner in tiny_names().items():
+        assert [name for name, family in table.items() if family.is_tiny(tiny)] == [owner], tiny
+    assert {"builtin:tiny-sd", "builtin:tiny-sdxl", "tiny-sdxl"} <= set(tiny_names())
 
 
 def test_forcing_the_family(foreign_folder: Path):

@@ -50,9 +50,6 @@ class SDXLFamily(SD1Family):
                     and any(k.startswith("model.diffusion_model.label_emb.") for k in probe.keys))
         return False
 
-    def is_tiny(self, source: str) -> bool:
-        return source in self.tiny_names
-
     def load(self, source: str, options: LoadOptions) -> ModelBundle:
         from diffusers import StableDiffusionXLPipeline
 
