@@ -33,15 +33,16 @@ def error_line(exc: SpmctlError) -> str:
     return message if message.startswith((CONFIG_PREFIX, "error")) else f"error: {message}"
 
 
-def one_line(exc: BaseException, *, limit: int | None = None, with_type: bool = False) -> str:
+def one_line(exc: BaseException, *, limit: int | None = None, with_type: bool = False, last: bool = False) -> str:
     """The first non-blank line of an exception's message, for a one-line diagnostic.
 
     Libraries raise multi-paragraph messages (and sometimes empty ones, where `splitlines()[0]`
     would itself raise IndexError): an empty message falls back to the exception's class name.
-    `limit` cuts very long lines; `with_type` prefixes the class name ("ValueError: ...").
+    `limit` cuts very long lines; `with_type` prefixes the class name ("ValueError: ...");
+    `last` takes the last line instead (a failed compiler's log ends with its error).
     """
     lines = str(exc).strip().splitlines()
-    text = lines[0].strip() if lines else ""
+    text = lines[-1 if last else 0].strip() if lines else ""
     if limit is not None:
         text = text[:limit]
     if not text:

@@ -162,13 +162,12 @@ def doctor(
                                              "free-space line.")] = Path("."),
 ) -> None:
     """Show torch, CUDA, GPUs, compilers, the membrane kernel and its self-check, plugins and disk space."""
-    from ..errors import SpmctlError
+    from ..errors import SpmctlError, one_line
 
     try:
         rep = report(build, output_dir)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-        raise SpmctlError(f"the membrane kernel did not build: {last}") from exc
+        raise SpmctlError(f"the membrane kernel did not build: {one_line(exc, limit=300, last=True)}") from exc
     if as_json:
         typer.echo(json.dumps(rep, indent=2))
     else:

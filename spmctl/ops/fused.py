@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from spmctl.errors import SpmctlError
+from spmctl.errors import SpmctlError, one_line
 from spmctl.ops import selfcheck
 from spmctl.ops.reference import membrane_reference
 
@@ -106,7 +106,7 @@ def _load() -> tuple[str, str]:
 
             build_and_load(verbose=os.environ.get("SPMCTL_BUILD_VERBOSE") == "1")
         except Exception as exc:  # no compiler, no ninja, a compile error: all mean "no fused op"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            first = one_line(exc, limit=300, last=True)
             if mode == "fused":
                 raise SpmctlError(
                     f"SPMCTL_KERNEL=fused but the membrane kernel failed to build: {first}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.train import TrainConfig
-from ..errors import ConfigError
+from ..errors import config_error
 
 FIXED = ("pretrained_model.ckpt_path", "pretrained_model.v2", "pretrained_model.v_pred",
          "pretrained_model.clip_skip", "network.rank", "network.alpha", "train.optimizer_type",
@@ -41,9 +41,9 @@ def check_resumable(state_file: Path, extra: dict[str, Any], now: dict[str, Any]
                if key != PROMPT else PROMPT
                for key in saved if key in now and saved[key] != now[key]]
     if changes:
-        raise ConfigError(f"config error: --resume: {state_file} was trained with other settings: "
-                          f"{'; '.join(changes)}; restore them, or train into another output_dir "
-                          "(or save.name)")
+        raise config_error(f"--resume: {state_file} was trained with other settings: "
+                           f"{'; '.join(changes)}; restore them, or train into another output_dir "
+                           "(or save.name)")
 
 
 def _short(value: Any) -> str:
