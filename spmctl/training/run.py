@@ -15,7 +15,7 @@ from rich.console import Console
 
 from ..config.train import TrainConfig
 from ..errors import SpmctlError
-from ..fileio import atomic_write, write_text_atomic
+from ..fileio import write_text_atomic
 from ..names import run_slug
 from .checkpoint import all_finite, load_state, save_state
 from .folder import RunFolder
@@ -435,4 +435,4 @@ def _speed_column():
     return SpeedColumn()
 
 
-__all__ = ["run_training", "atomic_write"]
+__all__ = ["run_training"]
