@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpmctlError
+from .names import DEFAULT_FT_METRIC
 
 
 class Membranes:
@@ -35,7 +36,7 @@ class Membranes:
         *,
         concepts: Sequence[str] | None = None,
         multiplier: float | Sequence[float] | None = None,
-        ft_metric: str = "clipcos_tokenuni",
+        ft_metric: str = DEFAULT_FT_METRIC,
         facilitate_factor: float = 1.0,
         compat: str = "default",
         family: str | None = None,

@@ -22,6 +22,7 @@ NOISE_SCHEDULERS = {
 MODEL_SCHEDULER = "model"
 # facilitated-transport scores (sampling/ft.py computes them)
 FT_METRICS = ("clipcos", "tokenuni", "clipcos_tokenuni")
+DEFAULT_FT_METRIC = "clipcos_tokenuni"  # the original SPM's: the max of both scores
 
 # the same lists as config value types (Literal of a tuple is the Literal of its items)
 Precision = Literal[DTYPES]  # type: ignore[valid-type]

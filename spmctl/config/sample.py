@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import config_error
-from ..names import DTYPES, FT_METRICS, FTMetric, SampleNoiseScheduler
+from ..names import DEFAULT_FT_METRIC, DTYPES, FT_METRICS, FTMetric, SampleNoiseScheduler
 from .loader import COMMAND_LINE, CommandSettings, build_config, expand_dotted, read_yaml
 from .train import MAX_SEED, Seed, _precision, multiple_of_8
 
@@ -54,7 +54,7 @@ class SampleConfig(CommandSettings):
         None, description="fixed gates instead of FT: one value, or one per SPM"
     )
     ft_metric: FTMetric = Field(
-        "clipcos_tokenuni", description="FT score: max of the named metrics"
+        DEFAULT_FT_METRIC, description="FT score: max of the named metrics"
     )
     facilitate_factor: float = Field(1.0, ge=0, description="FT gate = clip(max score x factor, 0, 1)")
     compat: Literal["default", "original"] = Field(

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..names import FT_METRICS
+from ..names import DEFAULT_FT_METRIC, FT_METRICS
 
 
 @dataclass
@@ -53,7 +53,7 @@ def concept_scores(
     model: Any,
     prompts: Sequence[str],
     bank: ConceptBank,
-    metric: str = "clipcos_tokenuni",
+    metric: str = DEFAULT_FT_METRIC,
     prompt_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(P, C) matching score of every prompt against every concept.
@@ -115,7 +115,7 @@ def ft_gates(
     prompts: Sequence[str],
     concepts: Sequence[Sequence[str]],
     *,
-    metric: str = "clipcos_tokenuni",
+    metric: str = DEFAULT_FT_METRIC,
     factor: float = 1.0,
     clip: bool = True,
     prompt_embeds: torch.Tensor | None = None,

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import SpmctlError
 from ..membrane.io import ALPHA, DOWN, UP, MembraneFile, resolve_spm_path
+from ..names import DEFAULT_FT_METRIC
 
 
 def load_spms(paths: list[str], concepts: list[str] | None = None) -> list[MembraneFile]:
@@ -71,7 +72,7 @@ def spm_gates(
     spms: list[MembraneFile],
     *,
     multiplier: list[float] | None = None,
-    metric: str = "clipcos_tokenuni",
+    metric: str = DEFAULT_FT_METRIC,
     factor: float = 1.0,
     compat: str = "default",
     prompt_embeds: torch.Tensor | None = None,
