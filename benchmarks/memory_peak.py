@@ -5,7 +5,8 @@
 
 Sizes: each model part is built from the published config on PyTorch's meta device (no memory,
 exact parameter counts). Activations: one training step's membrane-ON forward runs on the meta
-device with `saved_tensors_hooks` counting every tensor the backward would keep, with attention
+device with `saved_tensors_hooks` counting the storage of every tensor the backward would keep (each
+storage once; the weights' own storage, which a Linear's backward keeps a view of, never), with attention
 counted as a fused GPU kernel keeps it (q, k, v, output and the log-sum-exp: PyTorch's
 flash/memory-efficient SDPA, not the CPU math path's attention matrix). With gradient checkpointing,
 each checkpointed unit (resnet, attention block, MMDiT block) keeps only its input, and the largest
@@ -214,8 +215,13 @@ def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
 
 def saved_activations(spec: Spec, batch: int, res: int, dtype: torch.dtype, fused_attention: bool = True
                       ) -> dict[str, int]:
-    """Bytes the backward keeps for one forward with a gradient (meta device), in all and per
-    checkpointed unit (for the gradient-checkpointing estimate)."""
+    """Bytes the backward keeps for one forward with a gradient (meta device), in all and with
+    gradient checkpointing.
+
+    Counted as memory is held: each storage once (two ops saving the same tensor, or views of it,
+    keep one copy), and never the model's own weights (a Linear's backward saves `weight.t()`, a view
+    of the parameter: 3.5 GiB of SDXL's bf16 weights, which an earlier version of this script counted
+    as activations, with the duplicates: SDXL at 1024 px came to 44.3 GiB instead of 38.0)."""
     import torch.nn.functional as F
 
     denoiser = _on_meta(spec.denoiser).to(dtype)
@@ -225,18 +231,23 @@ def saved_activations(spec: Spec, batch: int, res: int, dtype: torch.dtype, fuse
             for layer in block.modules():
                 if isinstance(layer, torch.nn.Linear):
                     layer.weight.requires_grad_(True)
+    weights = {p.untyped_storage()._cdata for p in denoiser.parameters()}
+    sizes: dict[int, int] = {}  # storage -> bytes, every storage the backward keeps
+    outside: set[int] = set()  # saved outside any checkpointed unit
+    per_unit: dict[str, set[int]] = {}
+    unit_inputs: set[int] = set()
     stack: list[str] = []
-    per_unit: dict[str, int] = {}
-    unit_inputs: dict[str, int] = {}
-    total = [0]
+
+    def storage(t: torch.Tensor) -> int:
+        key = t.untyped_storage()._cdata
+        sizes.setdefault(key, t.untyped_storage().nbytes())
+        return key
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
+        if t.untyped_storage()._cdata in weights:
             return t  # weights are counted as weights
-        size = t.numel() * t.element_size()
-        total[0] += size
-        if stack:
-            per_unit[stack[0]] = per_unit.get(stack[0], 0) + size
+        key = storage(t)
+        (per_unit.setdefault(stack[0], set()) if stack else outside).add(key)
         return t
 
     hooks = []
@@ -244,8 +255,8 @@ def saved_activations(spec: Spec, batch: int, res: int, dtype: torch.dtype, fuse
         if type(module).__name__ in CHECKPOINT_UNITS:
             def pre(m, args, kwargs, name=name):  # noqa: ANN001, ANN202
                 if not stack:
-                    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-                    unit_inputs[name] = sum(a.numel() * a.element_size() for a in tensors)
+                    unit_inputs.update(storage(a) for a in (*args, *kwargs.values())
+                                       if isinstance(a, torch.Tensor) and a.untyped_storage()._cdata not in weights)
                 stack.append(name)
 
             hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
@@ -261,9 +272,14 @@ def saved_activations(spec: Spec, batch: int, res: int, dtype: torch.dtype, fuse
         F.scaled_dot_product_attention = sdpa
         for h in hooks:
             h.remove()
-    in_units = sum(per_unit.values())
-    checkpointed = total[0] - in_units + sum(unit_inputs.values()) + max(per_unit.values(), default=0)
-    return {"saved": total[0], "saved_checkpointed": checkpointed}
+
+    def nbytes(keys: set[int]) -> int:
+        return sum(sizes[k] for k in keys)
+
+    saved = outside.union(*per_unit.values())
+    kept = outside | unit_inputs  # with checkpointing: outside the units, and each unit's input
+    largest = max((nbytes(keys - kept) for keys in per_unit.values()), default=0)  # recomputed, one at a time
+    return {"saved": nbytes(saved), "saved_checkpointed": nbytes(kept) + largest}
 
 
 def estimate(spec: Spec, batch: int, anchors: int, res: int, dtype: torch.dtype, fused_attention: bool = True
@@ -288,6 +304,10 @@ def estimate(spec: Spec, batch: int, anchors: int, res: int, dtype: torch.dtype,
         "batch": batch, "anchors": anchors, "parameters": params, "weights_bytes": weights,
         "membrane_bytes": membrane, "activation_bytes": act["saved"],
         "activation_bytes_checkpointed": act["saved_checkpointed"],
+        # what spmctl/families/memory.py's PER_LATENT_PIXEL records: elements per sample and latent pixel
+        # (1/8 of the image side for every family; FLUX packs 2x2 of them into a token)
+        "per_latent_pixel": [round(act[k] / ((batch + anchors) * (res // 8) ** 2 * torch.finfo(dtype).bits // 8))
+                             for k in ("saved", "saved_checkpointed")],
         "training_peak_gib": round(train / GiB, 2), "training_peak_checkpointed_gib": round(train_ckpt / GiB, 2),
         "training_peak_no_offload_gib": round((train + weights["text_encoders"] + weights["vae"]) / GiB, 2),
         "sampling_peak_gib": round((sum(weights.values()) + sample_act) / GiB, 2),
@@ -300,7 +320,7 @@ def check(key: str, res: int, anchors: int) -> dict[str, Any]:
     dtype = spec.dtype
     expected = estimate(spec, 1, anchors, res, dtype)  # PyTorch's CPU SDPA is a flash kernel too
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _max_rss()
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in its dtype: no fp32 copy on the way
@@ -316,18 +336,34 @@ def check(key: str, res: int, anchors: int) -> dict[str, Any]:
     opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-4)
     args, kwargs = spec.inputs(1 + anchors, res, dtype, "cpu")
     start = time.perf_counter()
+    built = _max_rss()
     out = denoiser(*args, **kwargs)
     out = out[0] if isinstance(out, tuple) else out.sample
+    forward = _max_rss()  # the weights and what the forward keeps for the backward
     out.float().square().mean().backward()
     opt.step()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _max_rss()
     measured = peak - before
     predicted = expected["weights_bytes"]["denoiser"] + expected["membrane_bytes"] + expected["activation_bytes"]
     return {"model": spec.name, "resolution": res, "dtype": str(dtype).removeprefix("torch."), "anchors": anchors,
             "measured_peak_gib": round(measured / GiB, 2), "estimated_peak_gib": round(predicted / GiB, 2),
             "ratio": round(measured / predicted, 3), "step_seconds": round(seconds, 1),
+            # where the peak comes from: building the model, the forward, then the backward's own share
+            "measured_parts_gib": {"model": _gib(built - before), "forward": _gib(forward - built),
+                                   "backward": _gib(peak - forward)},
+            "estimated_parts_gib": {"model": _gib(expected["weights_bytes"]["denoiser"] + expected["membrane_bytes"]),
+                                    "activations": _gib(expected["activation_bytes"])},
+            "process_peak_rss_gib": _gib(peak),
             "note": "peak RSS growth of this process over building the model and one training step (CPU)"}
+
+
+def _gib(n: int) -> float:
+    return round(n / GiB, 2)
+
+
+def _max_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main(argv: list[str] | None = None) -> int:

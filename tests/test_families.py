@@ -256,3 +256,36 @@ def test_sdxl_estimate_uses_the_coefficients_measured_on_sdxl():
     per_pixel = [m.family.peak_memory(m, 1, 64, 64, training=True).activations
                  / m.denoiser.config.block_out_channels[0] for m in (sdxl, base)]
     assert per_pixel[0] / per_pixel[1] == pytest.approx(ratio, rel=0.01)
+
+
+def test_sdxl_estimate_at_1024_px_is_what_the_backward_keeps(monkeypatch: pytest.MonkeyPatch):
+    """The pre-run check's estimate for SDXL base itself (its published configs, built on the meta
+    device: exact sizes, no memory) at 1024 px, 5 samples (batch 1 + 4 anchors), bf16: the README's
+    38.0 GiB, 9.8 GiB with gradient checkpointing, 8.5 GiB sampling. Its per-pixel coefficient is
+    what benchmarks/memory_peak.py counts the backward keeping on those shapes at 256 px, to the few
+    % that the 77 text tokens' cross-attention adds at a small size. The earlier coefficient, which
+    counted views of the UNet's own weights (a Linear's backward saves `weight.t()`) and tensors saved
+    twice as activations, put this at 44.3 GiB; the CPU check on random weights measures below it."""
+    from spmctl.families.base import ModelBundle
+    from spmctl.families.memory import PER_LATENT_PIXEL
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import memory_peak
+
+    spec = memory_peak.SPECS["sdxl"]
+    with torch.device("meta"):
+        unet = spec.denoiser().to(torch.bfloat16)
+        text = tuple(build().to(torch.bfloat16) for build in spec.text)
+        vae = spec.vae().to(torch.bfloat16)
+    family = families()["sdxl"]
+    model = ModelBundle(family, "stabilityai/stable-diffusion-xl-base-1.0", unet, vae, {}, text_encoders=text)
+
+    def gib(**kwargs) -> float:
+        return family.peak_memory(model, 5 if kwargs["training"] else 1, 1024, 1024, **kwargs).total / 2**30
+
+    assert gib(training=True) == pytest.approx(38.0, rel=0.02)
+    assert gib(training=True, checkpointing=True) == pytest.approx(9.8, rel=0.02)
+    assert gib(training=False) == pytest.approx(8.5, rel=0.02)
+    counted = memory_peak.saved_activations(spec, 1, 256, torch.bfloat16)
+    per_pixel = [counted[k] / (2 * 32 * 32) for k in ("saved", "saved_checkpointed")]
+    assert per_pixel == pytest.approx(PER_LATENT_PIXEL["sdxl"], rel=0.08)

@@ -6,8 +6,9 @@ peak(sampling) = every part's weights + the forward's working set (classifier-fr
 
 Weights are counted exactly (their dtypes as loaded). Activations are the estimated part: the
 elements kept per sample and latent pixel (1/8 of the image side), measured once on each real model's
-shapes by `benchmarks/memory_peak.py` (every tensor one training step's forward saves, counted on
-PyTorch's meta device, attention counted as a fused kernel keeps it) and recorded here; the README's
+shapes by `benchmarks/memory_peak.py` (every storage one training step's forward saves, counted once
+on PyTorch's meta device, views of the weights left out, attention counted as a fused kernel keeps
+it; checked against the peak memory of a real step on random weights) and recorded here; the README's
 table comes from the same benchmark. With gradient checkpointing only each checkpointed unit's input
 stays, and the largest unit's activations come back during the backward; sampling holds about that
 much too (the residual stream and skips, and one unit at a time).
@@ -24,10 +25,10 @@ from .base import MemoryEstimate, parameter_bytes
 # model's first UNet channel count (UNets: the estimate scales with it, so the tiny models are not
 # charged as SD 1.5)
 PER_LATENT_PIXEL: dict[str, tuple[float, float]] = {
-    "sd15": (137870.0, 21891.0),
-    "sdxl": (258670.0, 38198.0),
-    "sd3": (245449.0, 20611.0),
-    "flux": (1540434.0, 79708.0),
+    "sd15": (117267.0, 20589.0),
+    "sdxl": (217747.0, 32588.0),
+    "sd3": (209174.0, 18672.0),
+    "flux": (1128948.0, 70924.0),
 }
 REFERENCE_WIDTH = 320  # SD 1.5's and SDXL's first UNet block
 # AdamW: the parameter, its gradient and two moments, all fp32
