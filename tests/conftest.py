@@ -168,6 +168,29 @@ def write_sample_folder(folder: Path, images: list[tuple[Any, dict[str, Any]]],
     return folder
 
 
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised CLIP (one 32-wide layer per tower, 32 px images; `seed` draws its weights)
+    with its processor, saved as a local model folder: what `--clip-model DIR` loads, offline, in a
+    fraction of a second."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from spmctl.models.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2}
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}  # pooled at the tokenizer's own end token: captions differ
+    text = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 77, **layers, **ids}
+    config = CLIPConfig(text_config=text,
+                        vision_config={"image_size": 32, "patch_size": 8, **layers}, projection_dim=16)
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def flat(rgb: tuple[float, float, float], size: int = 32) -> Any:
     """A one-colour image as sampling's writers take it (H×W×3 floats in [0, 1])."""
     import numpy as np

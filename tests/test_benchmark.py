@@ -7,26 +7,59 @@ NudeNet for I2P.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import SPMCTL, TESTS, pip_install_plugins, run_spmctl, write_train_config
+from conftest import SPMCTL, TESTS, pip_install_plugins, run_spmctl, save_tiny_clip, write_train_config
 
 STYLES = ["Van_Gogh", "Monet"]  # the answer set's themes here (the benchmark's: 50 styles + Seed_Images)
 OBJECTS = ["Dogs", "Cats"]
 
 
+@contextlib.contextmanager
+def in_process_plugin(package: str, module: str) -> Iterator[Any]:
+    """A tests/plugin_pkgs package registered in this process, as its entry point would be there."""
+    import importlib
+
+    from spmctl import plugins
+
+    sys.path.insert(0, str(TESTS / "plugin_pkgs" / package))
+    try:
+        loaded = importlib.import_module(module)
+    finally:
+        sys.path.pop(0)
+    plugins.pm.register(loaded, name=f"{package}-test")
+    try:
+        yield loaded
+    finally:
+        plugins.pm.unregister(name=f"{package}-test")
+
+
+def mean_colour() -> Any:
+    """A stand-in for FID's Inception (its weights are a download): 3 features per image, its mean colour."""
+    import torch
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return images.mean(dim=(2, 3))
+
+    return MeanColour()
+
+
 @pytest.fixture(scope="module")
 def canvas_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The classifier plugins every suite here judges with (one pip run for both)."""
+    """The classifier plugins every suite here judges with, and the captions dataset (one pip run for all)."""
     site = pip_install_plugins(tmp_path_factory.mktemp("canvas-site"), tmp_path_factory.mktemp("canvas-src"),
-                               "spmctl-canvas-plugin", "spmctl-verdict-plugin")
+                               "spmctl-canvas-plugin", "spmctl-verdict-plugin", "spmctl-coco-plugin")
     return {"PYTHONPATH": str(site)}
 
 
@@ -92,10 +125,11 @@ def test_unlearncanvas_end_to_end(uc_run):
     prompts = (out / "prompts.csv").read_text().splitlines()
     assert prompts[1] == 'A Dogs image in Van Gogh style.,188,"Van_Gogh,Dogs"'  # the benchmark's own prompt
     # published rows, each with its source, beside the user's; pins and costs in the report
-    assert "98.6" in output and "arXiv 2402.11846" in output
+    assert "98.58" in output and "arXiv 2402.11846" in output
     assert all(row["source"] for row in results["published"])
     report = (out / "report.md").read_text()
-    assert "| ESD (style unlearning (mean of 50 styles)) | 98.6 | 81 | 94 |" in report and "arXiv 2402.11846" in report
+    assert "| ESD (style unlearning (mean of 50 styles)) | 98.58 | 80.97 | 93.96 | - | 65.55 | UnlearnCanvas" in report
+    assert "uc_result.csv, row ESD" in report
     pins = results["pins"]
     assert pins["evaluator"]["style_classifier"]["name"] == "gate-style" and pins["evaluator"]["seeds"] == [188]
     assert pins["sampling"]["steps"] == 1 and pins["training"]["iterations"] == 1 and pins["packages"]["torch"]
@@ -125,16 +159,22 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
     out = tmp_path / "run"
     args = uc_args(out, train_yaml)
     # killed once the first concept is trained (the second is under way), then once an erased run is
-    # half sampled; scoring is quick and keeps each scored run in eval/<run>.json
+    # half sampled, then once the base run is scored (eval/base.json) while the next is being scored: the
+    # classifiers take a second per call there, so the kill lands inside the eval stage
     stages = [
         lambda: any((out / "train" / "styles").glob("*/*_last.safetensors")),
         lambda: any((out / "samples" / "van_gogh").glob("*.png")),
+        lambda: (out / "eval" / "base.json").is_file(),
     ]
-    assert [_run_until(args, canvas_env, ready) for ready in stages] == [None, None]  # both were cut short
+    slow = {**canvas_env, "CANVAS_PLUGIN_SECONDS": "1"}
+    assert [_run_until(args, slow, ready) for ready in stages] == [None, None, None]  # each was cut short
+    assert not (out / "results.json").exists()
     done = run_spmctl(*args, env=canvas_env)
     assert done.returncode == 0, done.stderr[-3000:]
-    # continued, not redone: the sweep skips the trained concepts, sampling the images already made
+    # continued, not redone: the sweep skips the trained concepts, sampling the images already made,
+    # scoring the runs already scored
     assert "concepts already done" in done.stderr and "images already in" in done.stderr
+    assert "scoring base" not in done.stderr and "scoring Van_Gogh" in done.stderr
     assert json.loads((out / "results.json").read_text())["table"] == reference
     for folder in (out / "samples").iterdir():  # no image made twice, none missing
         assert len(list(folder.glob("*.png"))) == len(STYLES) * len(OBJECTS)
@@ -208,7 +248,7 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     assert results["pins"]["evaluator"]["cat"]["judge"] == "parity"
     assert results["pins"]["evaluator"]["cat"]["budget"]["attack_steps"] == 1
     # the published rows (SPM and AdvUnlearn, before -> after) with their sources
-    assert "54.9" in done.stdout and "91.6" in done.stdout and "arXiv 2405.15234" in done.stdout
+    assert "54.93" in done.stdout and "91.55" in done.stdout and "arXiv 2405.15234" in done.stdout
     missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
                          "--tasks", "church", "--prompts-dir", str(prompts))
     assert missing.returncode == 2 and "no church.csv in" in missing.stderr and not (tmp_path / "x").exists()
@@ -217,16 +257,10 @@ def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
 def test_unlearncanvas_fid_column_against_the_base_answer_set(tmp_path: Path):
     """FID per erased run, the base model's answer set the reference (a stand-in feature network)."""
     pytest.importorskip("torchmetrics", reason="torchmetrics is the optional 'eval' extra")
-    import torch
     from conftest import flat, write_sample_folder
 
-    from spmctl import plugins
     from spmctl.benchmark.suites import Options, UnlearnCanvasSuite
     from spmctl.eval.base import load_runs
-
-    class MeanColour(torch.nn.Module):  # 3 features per image
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return images.mean(dim=(2, 3))
 
     def images(shift: float) -> list:
         return [(flat((0.1 * i + shift, 0.5, 0.9 - 0.1 * i)), {"seed": 188, "categories": [s, o]})
@@ -235,19 +269,130 @@ def test_unlearncanvas_fid_column_against_the_base_answer_set(tmp_path: Path):
     base = write_sample_folder(tmp_path / "samples" / "base", images(0.0))
     same = write_sample_folder(tmp_path / "samples" / "same", images(0.0))
     moved = write_sample_folder(tmp_path / "samples" / "moved", images(0.3))
-    sys.path.insert(0, str(TESTS / "plugin_pkgs" / "spmctl-canvas-plugin"))
-    try:
-        import spmctl_canvas_plugin
-    finally:
-        sys.path.pop(0)
-    plugins.pm.register(spmctl_canvas_plugin, name="canvas-test")
-    try:
+    with in_process_plugin("spmctl-canvas-plugin", "spmctl_canvas_plugin"):
         extra = {"style_classifier": "gate-style", "object_classifier": "gate-object", "fid": True,
-                 "fid_feature": MeanColour()}
+                 "fid_feature": mean_colour()}
         score = UnlearnCanvasSuite().scorer(Options(output_dir=tmp_path, model="tiny", seeds=[188], extra=extra))
         rows = {label: score(run)[0] for label, run in zip(("base", "same", "moved"), load_runs(
             [base, same, moved], "base,same,moved"), strict=True)}
-    finally:
-        plugins.pm.unregister(name="canvas-test")
     assert rows["base"]["FID"] is None  # the reference itself
     assert rows["same"]["FID"] == pytest.approx(0.0, abs=1e-3) and rows["moved"]["FID"] > 0.01
+
+
+# --- coco: FID and CLIP score on a dataset provider's captions and images ---------------------------------------
+
+CAPTIONS = ["a red square on a table", "a green field", "a blue sky over the sea"]
+COLOURS = [(0.8, 0.1, 0.1), (0.1, 0.8, 0.1), (0.1, 0.1, 0.8)]
+
+
+def write_mini_coco(root: Path) -> Path:
+    """Three captioned images in MS-COCO's layout (tests/plugin_pkgs/spmctl-coco-plugin reads it); each
+    image has a second caption, which the dataset skips (it takes the first by annotation id)."""
+    from conftest import flat
+    from PIL import Image
+
+    (root / "val2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, notes = [], []
+    for i, (caption, colour) in enumerate(zip(CAPTIONS, COLOURS, strict=True)):
+        name = f"COCO_val2014_{i + 1:012d}.png"
+        Image.fromarray((flat(colour) * 255).round().astype("uint8")).save(root / "val2014" / name)
+        images.append({"id": 30 - i, "file_name": name})  # ids descending: the dataset orders by id
+        notes += [{"id": 100 + i, "image_id": 30 - i, "caption": caption},
+                  {"id": 200 + i, "image_id": 30 - i, "caption": "another caption of the same image"}]
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": notes}))
+    return root
+
+
+def coco_args(out: Path, train_yaml: Path, data: Path, clip: Path) -> list[str]:
+    return ["benchmark", "coco", "-m", "tiny", "-o", str(out), "--train-config", str(train_yaml), "--concepts", "cat",
+            "--dataset", "mini-coco", "--data-root", str(data), "--limit", "2", "--clip-model", str(clip),
+            "--steps", "1", "--width", "32", "--height", "32", "--batch-size", "2", "--device", "cpu",
+            "--devices", "cpu"]
+
+
+@pytest.mark.slow
+def test_coco_end_to_end(tmp_path: Path, train_yaml, canvas_env):
+    """The captions of a third-party dataset, base and erased side by side; CLIP score from the real
+    metric on a tiny CLIP, its pins; the same command again continues (here: nothing left to do)."""
+    import importlib.util
+
+    from spmctl.eval.base import load_runs
+    from spmctl.eval.classifiers import file_sha256
+    from spmctl.eval.quality import ClipScoreMetric
+
+    data = write_mini_coco(tmp_path / "coco")
+    clip = save_tiny_clip(tmp_path / "clip", seed=1)  # a draw whose cosines with these images are positive
+    out = tmp_path / "run"
+    args = coco_args(out, train_yaml, data, clip)
+    done = run_spmctl(*args, env=canvas_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    table = results["table"]
+    assert list(table) == ["base", "cat"] and results["score_columns"] == ["FID", "CLIP_score"]
+    # the provider's rows (first caption per image, in image-id order, --limit 2), each with its own seed
+    frozen = (out / "captions.csv").read_text().splitlines()
+    assert frozen == ["prompt,seed,image", f"{CAPTIONS[2]},0,{data.resolve()}/val2014/COCO_val2014_000000000003.png",
+                      f"{CAPTIONS[1]},1,{data.resolve()}/val2014/COCO_val2014_000000000002.png"]
+    for label in ("base", "cat"):
+        folder = out / "samples" / label
+        manifest = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        assert sorted((r["prompt"], r["seed"], r["steps"], r["width"]) for r in manifest) == [
+            (CAPTIONS[2], 0, 1, 32), (CAPTIONS[1], 1, 1, 32)]
+        expected = ClipScoreMetric().evaluate(load_runs([folder], [label]), clip_model=str(clip)).table[label]
+        assert table[label]["CLIP_score"] == pytest.approx(expected["clip_score"]) and table[label]["images"] == 2
+    assert table["base"]["CLIP_score"] > 0  # else the comparison above is blind
+    if importlib.util.find_spec("torch_fidelity") is None:  # FID's network is missing here: said once, the rest kept
+        assert table["base"]["FID"] is None and done.stderr.count("note: FID not computed") == 1
+    pins = results["pins"]
+    assert pins["evaluator"]["clip"]["model"] == str(clip)
+    assert pins["evaluator"]["clip"]["files"] == {"model.safetensors": file_sha256(clip / "model.safetensors")}
+    assert pins["evaluator"]["fid"]["reference"] == "dataset mini-coco" and pins["evaluator"]["fid"][
+        "reference_images"] == 2 and "InceptionV3" in pins["evaluator"]["fid"]["network"]
+    assert pins["sampling"]["steps"] == 1 and pins["sampling"]["guidance"] == 7.5 and pins["sampling"]["width"] == 32
+    assert pins["packages"]["torchmetrics"] and "torch-fidelity" in pins["packages"]
+    assert results["cost"]["cat"]["iterations"] == 1 and results["device_hours_spent"] > 0
+    assert "device-hours left" in done.stderr and "FID: lower is better" in done.stdout
+    assert "model.safetensors" in done.stdout  # the pins are shown
+    again = run_spmctl(*args, env=canvas_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "concepts already done" in again.stderr and "scoring" not in again.stderr
+    assert json.loads((out / "results.json").read_text())["table"] == table
+
+
+def test_coco_fid_against_the_dataset_images(tmp_path: Path):
+    """FID of every run, the base model's included, against the provider's own images (a stand-in
+    feature network; the reference's statistics once for all runs)."""
+    pytest.importorskip("torchmetrics", reason="torchmetrics is the optional 'eval' extra")
+    from conftest import flat, write_sample_folder
+
+    from spmctl.benchmark.coco_suite import CocoSuite
+    from spmctl.benchmark.suites import Options
+    from spmctl.eval.base import load_runs
+
+    data = write_mini_coco(tmp_path / "coco")
+    same = write_sample_folder(tmp_path / "samples" / "base", [(flat(c), {}) for c in COLOURS])
+    moved = write_sample_folder(tmp_path / "samples" / "cat", [(flat((c[2], 0.5, c[0])), {}) for c in COLOURS])
+    with in_process_plugin("spmctl-coco-plugin", "spmctl_coco_plugin"):
+        extra = {"dataset": "mini-coco", "data_root": str(data), "fid": True, "fid_feature": mean_colour(),
+                 "clip": False, "clip_model": "unused"}
+        score = CocoSuite().scorer(Options(output_dir=tmp_path, model="tiny", extra=extra))
+        rows = {run.label: score(run) for run in load_runs([same, moved], "base,cat")}
+    assert rows["base"][0]["FID"] == pytest.approx(0.0, abs=1e-3)  # the dataset's own colours
+    assert rows["cat"][0]["FID"] > 0.01
+    assert rows["cat"][1]["fid"]["reference_images"] == 3 and rows["cat"][1]["fid"]["network"] == "supplied"
+
+
+def test_coco_refuses_a_dataset_without_images_before_anything_runs(tmp_path: Path):
+    captions = tmp_path / "captions.csv"
+    captions.write_text("prompt\na red square\na green field\n")
+    out = tmp_path / "run"
+    refused = run_spmctl("benchmark", "coco", "-m", "tiny", "-o", str(out), "--concepts", "cat",
+                         "--data-root", str(captions), "--device", "cpu")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "dataset 'prompts': 2 caption(s) have no image" in refused.stderr and "--fid-reference" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not out.exists()
+    unknown = run_spmctl("benchmark", "coco", "-m", "tiny", "-o", str(out), "--concepts", "cat",
+                         "--dataset", "promts", "--data-root", str(captions))
+    assert unknown.returncode == 2 and "unknown dataset_type 'promts' (did you mean 'prompts'?)" in unknown.stderr
+    assert not out.exists()

@@ -22,6 +22,7 @@ from .published import published_rows
 RESULTS = "results.json"
 REPORT = "report.md"
 AVERAGE = "(average)"
+UNITS = "scores in %"
 MIB = 1024 * 1024
 
 
@@ -38,6 +39,7 @@ def build_results(suite: Any, opts: Any, state: Any, rows: dict[str, dict[str, A
     peak = max((c["peak_memory_mib"] for c in cost.values() if c.get("peak_memory_mib") is not None), default=None)
     return {
         "suite": suite.name,
+        "units": getattr(suite, "units", UNITS),
         "table": table,
         "score_columns": list(suite.score_columns),
         "cost": cost,
@@ -81,8 +83,9 @@ def published_lines(rows: list[dict[str, Any]], cols: Sequence[str]) -> list[lis
 
 def markdown(results: dict[str, Any]) -> str:
     cols = results["score_columns"]
-    lines = [f"# spmctl benchmark {results['suite']}", "", "Scores in % (per run; the average is over the erased "
-             "concepts).", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    units = results.get("units", UNITS)
+    lines = [f"# spmctl benchmark {results['suite']}", "", f"{units[0].upper()}{units[1:]} (per run; the average is "
+             "over the erased concepts).", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in score_lines(results)]
     if results["published"]:
         lines += ["", "## Published", "", "| method | " + " | ".join(cols) + " | source |",
@@ -114,11 +117,13 @@ def print_results(results_list: Sequence[tuple[str, dict[str, Any]]], console: A
 
     cols = results_list[0][1]["score_columns"]
     several = len(results_list) > 1
-    table = Table("run", *cols, title=f"benchmark {results_list[0][1]['suite']} (scores in %)", title_justify="left")
+    first = results_list[0][1]
+    table = Table("run", *cols, title=f"benchmark {first['suite']}", title_justify="left")
     for name, results in results_list:
         for cells in score_lines(results, f"{name}: " if several else ""):
             table.add_row(*map(escape, cells))
     console.print(table)
+    console.print(first.get("units", UNITS), highlight=False, markup=False)  # under the table: a title wraps
     published = results_list[0][1]["published"]
     if published:
         pub = Table("published", *cols, "source", title="published rows", title_justify="left")

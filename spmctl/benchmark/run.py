@@ -186,6 +186,8 @@ def eval_stage(suite: Any, opts: Options, state: RunState, console: Console,
     state.stage("eval", status="running")
     score = suite.scorer(opts)
     evaluator_files = evaluator_digests(opts)  # a classifier file replaced in place: score again
+    if hasattr(suite, "evaluator_digests"):  # the suite's own evaluator weights (CLIP)
+        evaluator_files.update(suite.evaluator_digests(opts))
     rows: dict[str, dict[str, Any]] = {}
     evaluator: dict[str, Any] = {}
     for label, folder in folders.items():

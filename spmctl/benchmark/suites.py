@@ -180,8 +180,10 @@ class I2PSuite:
 
 def suites() -> dict[str, Any]:
     from .attack_suite import UnlearnDiffAtkSuite
+    from .coco_suite import CocoSuite
 
-    return {"unlearncanvas": UnlearnCanvasSuite(), "i2p": I2PSuite(), "unlearndiffatk": UnlearnDiffAtkSuite()}
+    return {"unlearncanvas": UnlearnCanvasSuite(), "i2p": I2PSuite(), "unlearndiffatk": UnlearnDiffAtkSuite(),
+            "coco": CocoSuite()}
 
 
 def fid_reference(opts: Options) -> Path:
@@ -195,21 +197,24 @@ def fid_scorer(opts: Options) -> Any:
     import sys
 
     said: list[str] = []
+    against: list[Any] = []  # the reference's statistics, computed once for every run
 
     def fid(run: Any) -> float | None:
-        from ..eval.base import MetricUnavailable
-        from ..eval.quality import FidMetric
+        from ..eval.base import MetricUnavailable, load_runs
+        from ..eval.quality import FidReference
 
         reference = fid_reference(opts)
         if not opts.extra.get("fid") or said or run.folder.resolve() == reference.resolve():
             return None
         try:
-            result = FidMetric().evaluate([run], reference=reference, feature=opts.extra.get("fid_feature") or 2048)
+            if not against:
+                against.append(FidReference(load_runs([reference], ["reference"])[0],
+                                            opts.extra.get("fid_feature") or 2048, device=_eval_device(opts)))
+            return against[0].score(run)
         except MetricUnavailable as exc:
             said.append(str(exc))
             print(f"note: FID not computed: {exc}", file=sys.stderr)
             return None
-        return result.table[run.label]["fid"]
 
     return fid
 

@@ -182,6 +182,48 @@ def unlearndiffatk(
     _run("unlearndiffatk", output_dir, model, shared, extra)
 
 
+@suite_command("coco")
+def coco(
+    concepts: Annotated[str, Opt("--concepts", help="What to erase, one membrane each (comma-separated names "
+                                 "of --template).", show_default=False)],
+    output_dir: Output = Path("outputs/benchmark-coco"),
+    model: Model = "CompVis/stable-diffusion-v1-4",
+    template: Annotated[str, Opt("--template", help="The template the concepts are erased with: concept, i2p, "
+                                 "style, object or a plugin's.")] = "concept",
+    dataset: Annotated[str, Opt("--dataset", help="The captions' dataset provider: prompts (a CSV with 'prompt' "
+                                "and 'image' columns) or a plugin's.")] = "prompts",
+    data_root: Annotated[str | None, Opt("--data-root", help="The dataset's file or folder.")] = None,
+    dataset_option: Annotated[list[str] | None, Opt("--dataset-option", help="KEY=VALUE for the provider. "
+                                                    "Repeatable.")] = None,
+    limit: Annotated[int | None, Opt("--limit", help="At most this many captions (e.g. 30000 for COCO-30k).")
+                     ] = None,
+    clip_model: Annotated[str, Opt("--clip-model", help="CLIP for the CLIP score: hub id or local folder.")
+                          ] = "openai/clip-vit-large-patch14",
+    clip: Annotated[bool, Opt("--clip-score/--no-clip-score", help="CLIP score of each image vs its caption.")
+                    ] = True,
+    fid: Annotated[bool, Opt("--fid/--no-fid", help="FID of each run against the dataset's images "
+                             "(torchmetrics + torch-fidelity).")] = True,
+    fid_reference: Annotated[str | None, Opt("--fid-reference", help="FID's reference images instead of the "
+                                             "dataset's.")] = None,
+    *, shared: dict[str, Any],
+) -> None:
+    """COCO-style quality: the captions of a dataset sampled by the base model and each membrane; FID, CLIP score."""
+    from ..errors import config_error
+
+    options: dict[str, str] = {}
+    for item in dataset_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise config_error(f"--dataset-option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    if limit is not None and limit < 1:
+        raise config_error(f"--limit {limit}: expected at least 1 caption")
+    extra = {"concepts": _list(concepts) or [], "template": template, "dataset": dataset, "data_root": data_root,
+             "dataset_options": options, "limit": limit, "clip_model": clip_model, "clip": clip, "fid": fid,
+             "fid_reference": fid_reference}
+    _run("coco", output_dir, model, shared, extra)
+
+
 @app.command("compare")
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Benchmark output folders (or their results.json).",

@@ -112,7 +112,7 @@ class ClipScoreMetric:
     description = "CLIP score of each image against its prompt (torchmetrics), mean per run"
 
     def evaluate(self, runs: Sequence[EvalRun], clip_model: str = DEFAULT_CLIP, batch_size: int = 16,
-                 **_: Any) -> MetricResult:
+                 device: str = "cpu", **_: Any) -> MetricResult:
         _torchmetrics(self.name)
         for run in runs:  # before loading CLIP: a folder without prompts can't be scored
             if any(not r.get("prompt") for r in run.records):
@@ -123,10 +123,11 @@ class ClipScoreMetric:
         result = MetricResult(metric=self.name, notes=[f"CLIP model: {clip_model}"])
         for run in runs:
             print(f"clip_score: {run.label}: {len(run.records)} images", file=sys.stderr)
-            metric = CLIPScore(model_name_or_path=lambda: loaded)
+            metric = CLIPScore(model_name_or_path=lambda: loaded).to(device)
             for start in range(0, len(run.records), batch_size):
                 chunk = run.records[start : start + batch_size]
-                metric.update(load_images([run.image_path(r) for r in chunk]), [r["prompt"] for r in chunk])
+                images = [image.to(device) for image in load_images([run.image_path(r) for r in chunk])]
+                metric.update(images, [r["prompt"] for r in chunk])
             result.table[run.label] = {"images": len(run.records), "clip_score": round(float(metric.compute()), 4)}
         result.charts = {"clip_score": {k: {"clip_score": float(v["clip_score"])} for k, v in result.table.items()}}
         return result
@@ -146,38 +147,62 @@ def make_fid(feature: Any) -> Any:
                                 f"available: {one_line(exc, limit=160, with_type=True)}") from None
 
 
-def _update(fid: Any, run: EvalRun, real: bool, batch_size: int) -> None:
+def _update(fid: Any, run: EvalRun, real: bool, batch_size: int, device: str = "cpu") -> None:
     import torch
 
     for start in range(0, len(run.records), batch_size):
         images = load_images(run.paths[start : start + batch_size], FID_SIZE)
-        fid.update(torch.stack(images).float() / 255.0, real=real)
+        fid.update((torch.stack(images).float() / 255.0).to(device), real=real)
+
+
+class FidReference:
+    """FID against one reference set, its statistics computed once (on first use) for every run scored."""
+
+    def __init__(self, reference: EvalRun, feature: Any = 2048, batch_size: int = 32, device: str = "cpu") -> None:
+        self.reference, self.feature, self.batch_size, self.device = reference, feature, batch_size, device
+        self._fid: Any = None
+        _at_least_two(reference)
+
+    def score(self, run: EvalRun) -> float:
+        _at_least_two(run)
+        if self._fid is None:
+            fid = make_fid(self.feature)
+            fid.reset_real_features = False  # the reference's statistics are kept across runs
+            fid.to(self.device)
+            ref = self.reference
+            print(f"fid: reference {ref.label} ({ref.folder}): {len(ref.records)} images", file=sys.stderr)
+            _update(fid, ref, True, self.batch_size, self.device)
+            self._fid = fid
+        print(f"fid: {run.label}: {len(run.records)} images", file=sys.stderr)
+        self._fid.reset()
+        _update(self._fid, run, False, self.batch_size, self.device)
+        return round(float(self._fid.compute()), 4)
+
+
+def _at_least_two(run: EvalRun) -> None:
+    if len(run.records) < 2:
+        raise SpmctlError(f"fid: {run.label}: needs at least 2 images, has {len(run.records)}")
 
 
 class FidMetric:
     name = "fid"
     description = "FID of each run against a reference folder (default: the first run), torchmetrics"
 
-    def evaluate(self, runs: Sequence[EvalRun], reference: str | Path | None = None, feature: Any = 2048,
-                 batch_size: int = 32, **_: Any) -> MetricResult:
-        """`feature`: Inception feature size, or (tests, plugins) any module mapping images to features."""
-        ref = load_runs([reference], ["reference"])[0] if reference is not None else runs[0]
-        for run in [ref, *runs]:
-            if len(run.records) < 2:
-                raise SpmctlError(f"fid: {run.label}: needs at least 2 images, has {len(run.records)}")
-        fid = make_fid(feature)
-        fid.reset_real_features = False  # the reference's statistics are computed once, kept for every run
-        print(f"fid: reference {ref.label} ({ref.folder}): {len(ref.records)} images", file=sys.stderr)
-        _update(fid, ref, True, batch_size)
+    def evaluate(self, runs: Sequence[EvalRun], reference: str | Path | EvalRun | None = None, feature: Any = 2048,
+                 batch_size: int = 32, device: str = "cpu", **_: Any) -> MetricResult:
+        """`feature`: Inception feature size, or (tests, plugins) any module mapping images to features;
+        `reference`: a folder, or the images themselves (an EvalRun, e.g. a dataset's)."""
+        if isinstance(reference, EvalRun):
+            ref = reference
+        else:
+            ref = load_runs([reference], ["reference"])[0] if reference is not None else runs[0]
+        for run in runs:
+            _at_least_two(run)
+        against = FidReference(ref, feature, batch_size, device)
         result = MetricResult(metric=self.name, notes=[f"reference: {ref.folder}"])
         for run in runs:
-            if run is ref:
-                result.table[run.label] = {"images": len(run.records), "fid": None}
-                continue
-            print(f"fid: {run.label}: {len(run.records)} images", file=sys.stderr)
-            fid.reset()
-            _update(fid, run, False, batch_size)
-            result.table[run.label] = {"images": len(run.records), "fid": round(float(fid.compute()), 4)}
+            fid = None if run is ref else against.score(run)
+            result.table[run.label] = {"images": len(run.records), "fid": fid}
         result.charts = {"fid": {k: {"fid": float(v["fid"])} for k, v in result.table.items() if v["fid"] is not None}}
         return result
 

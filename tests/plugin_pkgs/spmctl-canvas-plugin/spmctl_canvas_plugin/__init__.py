@@ -4,11 +4,15 @@ An image `spmctl sample` wrote carries its manifest record in its PNG text ("spm
 (style, object), the membranes' concepts and their gates. A label counts as erased in an image when
 a membrane whose concepts name it had its gate at 0.5 or more; `gate-style` then answers
 `Seed_Images`, `gate-object` the first other object; otherwise each answers the image's own label.
+`CANVAS_PLUGIN_SECONDS` (environment) makes each `predict` call take that long: a slow evaluator,
+so a test can stop a benchmark while it scores.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +47,7 @@ class _Classifier:
         self.labels = unlearncanvas_labels(kind, 51 if kind == "style" else 20)
 
     def predict(self, images: Sequence[Any]) -> list[str]:
+        time.sleep(float(os.environ.get("CANVAS_PLUGIN_SECONDS", "0")))
         return [verdict(record_of(im), self.kind, self.labels) for im in images]
 
 
