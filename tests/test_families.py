@@ -140,6 +140,19 @@ def test_detect_each_source_kind(tiny_model_dir: Path, tmp_path: Path, monkeypat
     assert detect("someone/not-downloaded").name == "sd1"  # nothing to go on: SD 1.x, as before families
 
 
+def test_sdxl_is_detected_from_its_folder_and_its_single_file(tmp_path: Path):
+    """Without `pretrained_model.family`: a diffusers folder by its pipeline class, Stability's single
+    file by its tensor names (SDXL's `conditioner.embedders` beside the UNet's `label_emb`)."""
+    folder = tmp_path / "sdxl"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert detect(str(folder)).name == "sdxl"
+    single = _safetensors(tmp_path / "sd_xl_base_1.0.safetensors", [
+        "model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.label_emb.0.0.weight",
+        "conditioner.embedders.0.transformer.text_model.x", "conditioner.embedders.1.model.x"])
+    assert detect(str(single)).name == "sdxl"
+
+
 def test_each_tiny_name_belongs_to_its_own_family_only():
     """`builtin:tiny-sdxl` (the source a tiny-SDXL membrane records) once passed SD 1.x's prefix test
     `startswith("builtin:tiny-sd")`: forced to sd1, it built the tiny SD 1.x instead of failing."""
