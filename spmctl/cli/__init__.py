@@ -55,7 +55,7 @@ app.add_typer(download.app, name="download", help="Download models and datasets 
 app.add_typer(plugins_cmd.app, name="plugins", help="List plugins, providers and hooks.")
 app.add_typer(eval_cmd.app, name="eval", help="Measure erasure: nudity, UnlearnCanvas, CLIP score, FID, cost.")
 app.add_typer(benchmark.app, name="benchmark", help="The field's benchmarks in one resumable job: "
-              "unlearncanvas, i2p; compare runs.")
+              "unlearncanvas, i2p, unlearndiffatk, coco; compare runs.")
 app.command("doctor", help=doctor.doctor.__doc__)(doctor.doctor)
 
 
