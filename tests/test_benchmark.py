@@ -139,18 +139,38 @@ def test_unlearncanvas_end_to_end(uc_run):
     assert "device-hours left" in output  # the estimate after the warm-up
 
 
-def _run_until(args: list[str], env: dict[str, str], ready) -> int | None:  # noqa: ANN001
-    """Start the command, SIGKILL it as soon as `ready()` is true; the exit code if it ended first."""
+def _run_until(args: list[str], env: dict[str, str], ready, launcher: tuple[str, ...] = ()) -> int | None:  # noqa: ANN001
+    """Start the command, SIGKILL it (and every process it started) as soon as `ready()` is true;
+    the exit code if it ended first."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    proc = subprocess.Popen([str(SPMCTL), *args], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*launcher, str(SPMCTL), *args], env=full, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if ready():
-            proc.send_signal(signal.SIGKILL)
+            for pid in [proc.pid, *_descendants(proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
             return None
         time.sleep(0.02)
     return proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (torchrun puts its workers in sessions of their own, so
+    killing its process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 @pytest.mark.slow
@@ -178,6 +198,40 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
     assert json.loads((out / "results.json").read_text())["table"] == reference
     for folder in (out / "samples").iterdir():  # no image made twice, none missing
         assert len(list(folder.glob("*.png"))) == len(STYLES) * len(OBJECTS)
+
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "--no-python")
+
+
+@pytest.mark.slow
+def test_under_torchrun_ranks_share_the_images_and_rank_0_alone_scores(tmp_path: Path, uc_run, canvas_env,
+                                                                       train_yaml):
+    """Two CPU processes (gloo), killed while sampling, then the same command again: the single-process
+    run's table, every image made once, every image judged once and by one process (rank 0)."""
+    reference = json.loads((uc_run[0] / "results.json").read_text())["table"]
+    out = tmp_path / "run"
+    log = tmp_path / "judged.log"
+    env = {**canvas_env, "CANVAS_PLUGIN_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    args = uc_args(out, train_yaml)
+    assert _run_until(args, env, lambda: any((out / "samples" / "van_gogh").glob("*.png")), TORCHRUN) is None
+    assert not log.exists() and not (out / "results.json").exists()  # cut short before any scoring
+    done = subprocess.run([*TORCHRUN, str(SPMCTL), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "concepts already done" in done.stderr and "images already in" in done.stderr  # continued
+    assert "(all 2 processes)" in done.stderr
+    assert json.loads((out / "results.json").read_text())["table"] == reference
+    for folder in (out / "samples").iterdir():  # each image once, one manifest line each, no rank parts left
+        names = [json.loads(line)["file"] for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        assert sorted(names) == sorted(p.name for p in folder.glob("*.png")) and len(names) == len(STYLES) * 2
+        assert not list(folder.glob("manifest.rank*"))
+    judged = [line.split() for line in log.read_text().splitlines()]
+    assert len({pid for pid, _, _ in judged}) == 1  # rank 0 alone scores
+    runs = len(list((out / "samples").iterdir()))
+    for kind in ("style", "object"):
+        assert sum(int(n) for _, k, n in judged if k == kind) == runs * len(STYLES) * len(OBJECTS)
+    assert done.stdout.count("benchmark unlearncanvas") == 1  # one report
+    assert "rank 1 done" in done.stderr and done.stderr.count("scoring base") == 1
 
 
 @pytest.mark.slow

@@ -26,30 +26,50 @@ BASE = "base"
 
 
 def device_count(opts: Options) -> int:
-    from ..distributed.dist import listed_devices
+    from ..distributed.dist import dist_env, listed_devices
 
+    env = dist_env()
+    if env.distributed:  # torchrun's processes, one device each
+        return env.world_size
     return max(1, len(listed_devices(opts.devices)))
 
 
-def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]:
-    """Every stage, then the report; returns the results (also written to results.json)."""
+def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any] | None:
+    """Every stage, then the report; returns the results (also written to results.json).
+
+    Under torchrun every rank trains its share of the concepts and samples its share of the images,
+    then waits for the others; rank 0 alone scores, estimates, keeps benchmark.json and writes the
+    report. The other ranks return None once the images are all on disk."""
+    from ..distributed import dist
     from .report import build_results, write_results
 
     root = opts.output_dir
     if hasattr(suite, "check"):  # a missing input fails now, not after hours of training (and writes nothing)
         suite.check(opts)
-    state = RunState.open(root, suite.name, opts.settings())
+    env = dist.dist_env()
+    if not env.is_main:
+        console = Console(stderr=True, quiet=True)  # rank 0 speaks for the run
+    state: RunState | None = None
     started = time.perf_counter()
     try:
-        membranes = train_stage(suite, opts, state, console)
-        if hasattr(suite, "attack_stage"):  # the attack makes and judges its own images
+        with dist.held():  # under torchrun: one process group for the training and sampling stages
+            # rank 0's disk decides (a refused setting is refused on every rank); the others never write it
+            state = dist.from_main(lambda: RunState.open(root, suite.name, opts.settings()))
+            state.main = env.is_main
+            membranes = train_stage(suite, opts, state, console)
+            folders = None if hasattr(suite, "attack_stage") else sample_stage(suite, opts, state, console,
+                                                                               membranes)
+            dist.barrier()  # every rank's images (and rank 0's merged manifests) are on disk
+        if not env.is_main:
+            return None
+        if folders is None:  # the attack makes and judges its own images
             rows, pins = suite.attack_stage(opts, state, console, membranes)
         else:
-            folders = sample_stage(suite, opts, state, console, membranes)
             rows, pins = eval_stage(suite, opts, state, console, folders)
         pins["training"] = training_pins(opts)
     finally:  # device time counts even for a run cut short
-        state.spend(time.perf_counter() - started, device_count(opts))
+        if state is not None:
+            state.spend(time.perf_counter() - started, device_count(opts))
     results = build_results(suite, opts, state, rows, pins, membranes)
     write_results(root, results)
     return results
@@ -70,6 +90,7 @@ def train_config(opts: Options, folder: Path) -> Any:
 
 def train_stage(suite: Any, opts: Options, state: RunState, console: Console) -> dict[str, Path]:
     """One sweep per kind (styles, objects, concepts); returns concept -> membrane file."""
+    from ..distributed.dist import from_main
     from ..distributed.launch import train_scaled
     from ..distributed.sweep import SweepSpec
     from ..distributed.sweep_state import read_entries
@@ -80,7 +101,8 @@ def train_stage(suite: Any, opts: Options, state: RunState, console: Console) ->
     for template, names, sub in groups:
         folder = opts.output_dir / "train" / sub
         cfg = train_config(opts, folder)
-        if "seconds_per_iteration" not in state.costs:  # warm-up: one concept, measured
+        # warm-up: one concept, measured (every rank joins the same sweeps: rank 0's state decides)
+        if from_main(lambda: "seconds_per_iteration" not in state.costs):
             _sweep(train_scaled, cfg, SweepSpec(template=template, names=names[0]), opts)
             _measure_training(state, folder, read_entries(folder).get(names[0], {}))
             estimate(suite, opts, state, console, "after the training warm-up")
@@ -154,7 +176,8 @@ def sample_stage(suite: Any, opts: Options, state: RunState, console: Console,
         run_sampling(cfg, console=console, quiet=opts.quiet, ranks=dist_env())  # shares under torchrun
         made = _images(folder) - before
         if made and "seconds_per_image" not in state.costs:  # warm-up: the first run that generated images
-            state.costs["seconds_per_image"] = (time.perf_counter() - started) / made
+            # device-seconds: under torchrun `made` counts every rank's images, made side by side
+            state.costs["seconds_per_image"] = (time.perf_counter() - started) * dist_env().world_size / made
             state.costs["images_per_run"] = _images(folder)
             state.save()
             estimate(suite, opts, state, console, "after the sampling warm-up", sampled=set(folders) | {label})
@@ -232,9 +255,11 @@ def evaluator_digests(opts: Options) -> dict[str, str]:
 def estimate(suite: Any, opts: Options, state: RunState, console: Console, when: str,
              sampled: set[str] | None = None) -> float | None:
     """Device-hours left from the measured costs: iterations still to train x seconds per iteration,
-    images still to sample x seconds per image (unknown parts are left out and said so)."""
+    images still to sample x seconds per image (unknown parts are left out and said so). Rank 0 only."""
     from ..distributed.sweep_state import read_entries
 
+    if not state.main:
+        return None
     costs = state.costs
     per_it, per_image = costs.get("seconds_per_iteration"), costs.get("seconds_per_image")
     iterations = opts.iterations or train_config(opts, opts.output_dir / "train").train.iterations

@@ -4,6 +4,8 @@ The settings are what the command asked for; a re-run in the same folder must as
 (it continues the run), else it is refused, naming the first setting that differs. Costs are
 measured once, on the first concept trained and the first run sampled (the warm-up), and kept, so
 a resumed run still estimates; device-seconds add up over every invocation.
+
+Under torchrun only rank 0 writes it (`main`); the other ranks hold rank 0's copy in memory.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ STATE = "benchmark.json"
 
 
 class RunState:
-    def __init__(self, root: Path, data: dict[str, Any]) -> None:
+    def __init__(self, root: Path, data: dict[str, Any], main: bool = True) -> None:
         self.root = root
         self.data = data
+        self.main = main  # the process that writes the file and reports (rank 0)
 
     @classmethod
     def open(cls, root: Path, suite: str, settings: dict[str, Any]) -> RunState:
@@ -63,5 +66,7 @@ class RunState:
         self.save()
 
     def save(self) -> None:
+        if not self.main:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.root / STATE, json.dumps(self.data, indent=2, default=str) + "\n")

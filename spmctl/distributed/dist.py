@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -22,6 +23,9 @@ T = TypeVar("T")
 # Coordination-only groups (concept sweeps, sharded sampling) wait at their final barrier for the
 # slowest rank, which may still be training hours later; torch's default (10-30 min) would fire.
 COORDINATION_TIMEOUT = timedelta(days=7)
+
+# Set while a command of several stages holds one group for all of them (see `held`).
+_held = False
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,31 @@ def init(device: str, *, collectives_on_device: bool) -> None:
         dist.init_process_group("gloo", timeout=COORDINATION_TIMEOUT)
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """One coordination group (gloo, CPU) for every stage of a command run under torchrun, such as
+    `spmctl benchmark`: the stages' own `init`/`shutdown` then leave it alone.
+
+    Why: torch cannot join a default group again in the same process once one was destroyed (the new
+    group reuses the old one's rendezvous keys in the launcher's store; gloo then dials stale addresses).
+    A no-op in a one-process run."""
+    global _held
+    if not dist_env().distributed:
+        yield
+        return
+    init("cpu", collectives_on_device=False)
+    _held = True
+    try:
+        yield
+    finally:
+        _held = False
+        shutdown()
+
+
 def shutdown() -> None:
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if dist.is_initialized() and not _held:
         dist.destroy_process_group()
         # free what still refers to the group (gloo work objects) while the interpreter is whole,
         # not during its finalisation

@@ -5,7 +5,8 @@ An image `spmctl sample` wrote carries its manifest record in its PNG text ("spm
 a membrane whose concepts name it had its gate at 0.5 or more; `gate-style` then answers
 `Seed_Images`, `gate-object` the first other object; otherwise each answers the image's own label.
 `CANVAS_PLUGIN_SECONDS` (environment) makes each `predict` call take that long: a slow evaluator,
-so a test can stop a benchmark while it scores.
+so a test can stop a benchmark while it scores. `CANVAS_PLUGIN_LOG` (a file): each call appends
+"<pid> <kind> <number of images>", so a test can count who judged what.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class _Classifier:
 
     def predict(self, images: Sequence[Any]) -> list[str]:
         time.sleep(float(os.environ.get("CANVAS_PLUGIN_SECONDS", "0")))
+        if os.environ.get("CANVAS_PLUGIN_LOG"):
+            with open(os.environ["CANVAS_PLUGIN_LOG"], "a", encoding="utf-8") as log:
+                log.write(f"{os.getpid()} {self.kind} {len(images)}\n")
         return [verdict(record_of(im), self.kind, self.labels) for im in images]
 
 
