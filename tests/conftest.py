@@ -11,6 +11,11 @@ from typing import Any
 # Tiny models run faster on one thread, and on a shared 2-core machine several threads per
 # process thrash; subprocesses (the installed `spmctl`) inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests read tables that spmctl prints unbounded when COLUMNS is unset (not a terminal); the
+# terminal's size must not decide them, and pytest-xdist's workers start with COLUMNS=80. A test
+# that wants a width passes COLUMNS itself.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 import pytest  # noqa: E402
 

@@ -148,7 +148,7 @@ def test_ci_runs_exactly_the_readme_tests_commands() -> None:
     section = readme.split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
     commands = [line for line in re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1).splitlines()
                 if line.strip()]
-    assert commands == ["bash install.sh test", "python -m pytest -q"]
+    assert commands == ["bash install.sh test", "python -m pytest -q -n auto"]
     ci = (ROOT / ".ci" / "run").read_text()
     ci_commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")]
     for command in commands:
