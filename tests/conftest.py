@@ -68,6 +68,17 @@ def write_train_config(path: Path, base: dict | None = None, **overrides) -> Pat
     return path
 
 
+# The longest modules (most time first, measured with --durations), run first: with `-n auto` a
+# module's tests stay on one worker, and a long module scheduled last would leave the other workers
+# idle while it finishes (test_training.py, the longest, is also last by name).
+LONGEST_MODULES_FIRST = ("test_training.py", "test_outputs.py", "test_distributed.py", "test_attack.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """In-process torch too (it may have been imported before OMP_NUM_THREADS was read)."""
