@@ -25,13 +25,24 @@ from .suites import Options
 BASE = "base"
 
 
+def training_devices(opts: Options) -> str:
+    """`--devices auto` (the default): every visible GPU, one training process each, else the CPU.
+    A training config takes only indices or "cpu", so "auto" is resolved here, before it gets one."""
+    if opts.devices != "auto":
+        return opts.devices
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ",".join(str(i) for i in range(count)) if count else "cpu"
+
+
 def device_count(opts: Options) -> int:
     from ..distributed.dist import dist_env, listed_devices
 
     env = dist_env()
     if env.distributed:  # torchrun's processes, one device each
         return env.world_size
-    return max(1, len(listed_devices(opts.devices)))
+    return max(1, len(listed_devices(training_devices(opts))))
 
 
 def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any] | None:
@@ -81,7 +92,7 @@ def train_config(opts: Options, folder: Path) -> Any:
     from ..config.train import load_train_config
 
     overrides: dict[str, Any] = {"pretrained_model": {"ckpt_path": opts.model}, "output_dir": str(folder),
-                                 "devices": opts.devices, "seed": opts.train_seed}
+                                 "devices": training_devices(opts), "seed": opts.train_seed}
     if opts.iterations is not None:
         overrides["train"] = {"iterations": opts.iterations}
     cfg, _ = load_train_config(opts.train_config, overrides)

@@ -22,8 +22,8 @@ TrainCfg = Annotated[Path | None, Opt("--train-config", help="A train_config.yam
                                       "(its template and names are the suite's).")]
 Iterations = Annotated[int | None, Opt("--iterations", help="Training iterations per concept (default: the "
                                        "config's).")]
-Devices = Annotated[str, Opt("--devices", help='Training devices, e.g. "0,1" (one process each, '
-                             'concept-parallel) or "cpu".')]
+Devices = Annotated[str, Opt("--devices", help='Training devices: auto (every visible GPU, else '
+                             'the CPU), "0,1" (one process each, concept-parallel) or "cpu".')]
 Device = Annotated[str, Opt("--device", help="Device for sampling and scoring: auto, cpu, cuda, cuda:N.")]
 Steps = Annotated[int, Opt("--steps", help="Denoising steps per image (the benchmarks': 100).")]
 Guidance = Annotated[float, Opt("--guidance", "-g", help="CFG scale (a dataset row's own wins).")]
