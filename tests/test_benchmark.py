@@ -398,6 +398,9 @@ def test_coco_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     assert table["base"]["CLIP_score"] > 0  # else the comparison above is blind
     if importlib.util.find_spec("torch_fidelity") is None:  # FID's network is missing here: said once, the rest kept
         assert table["base"]["FID"] is None and done.stderr.count("note: FID not computed") == 1
+        # ...and said before any training, not only after hours of it; the local CLIP is no concern
+        early = done.stderr.index("note: will not be computed here: fid: needs torch-fidelity")
+        assert early < done.stderr.index("sweep:") and "here: clip_score" not in done.stderr
     pins = results["pins"]
     assert pins["evaluator"]["clip"]["model"] == str(clip)
     assert pins["evaluator"]["clip"]["files"] == {"model.safetensors": file_sha256(clip / "model.safetensors")}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SpmctlError, config_error
-from .suites import Options, _eval_device
+from .suites import Options, _eval_device, fid_note
 
 CAPTIONS = "captions.csv"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -50,6 +50,14 @@ class CocoSuite:
             if absent:
                 raise config_error(f"dataset {opts.extra['dataset']!r}: image {absent[0]} not found "
                                    f"({len(absent)} missing)")
+
+    def unavailable(self, opts: Options) -> list[str]:
+        """The metrics this machine cannot compute, said before training (the run still goes on)."""
+        from ..eval.quality import clip_unavailable
+
+        reasons = fid_note(opts)
+        why = clip_unavailable(opts.extra["clip_model"]) if opts.extra.get("clip") else None
+        return reasons + ([f"{why} (--no-clip-score to leave it out)"] if why else [])
 
     def train_groups(self, opts: Options) -> list[tuple[str, list[str], str]]:
         concepts = [c for c in opts.extra["concepts"] if c.strip()]

@@ -60,6 +60,8 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
     env = dist.dist_env()
     if not env.is_main:
         console = Console(stderr=True, quiet=True)  # rank 0 speaks for the run
+    for reason in suite.unavailable(opts) if hasattr(suite, "unavailable") else ():  # before hours of work
+        console.print(f"note: will not be computed here: {reason}", highlight=False, markup=False)
     state: RunState | None = None
     started = time.perf_counter()
     try:

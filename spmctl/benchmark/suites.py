@@ -62,9 +62,20 @@ def _names(kind: str, given: list[str] | None, known: list[str]) -> list[str]:
     return list(dict.fromkeys(resolve_name(f"UnlearnCanvas {kind}", g, known) for g in given))
 
 
+def fid_note(opts: Options) -> list[str]:
+    """FID asked for but not computable here (no torch-fidelity): the line to say before training."""
+    from ..eval.quality import fid_unavailable
+
+    why = fid_unavailable() if opts.extra.get("fid") and not opts.extra.get("fid_feature") else None
+    return [f"{why} (--no-fid to leave it out)"] if why else []
+
+
 class UnlearnCanvasSuite:
     name = "unlearncanvas"
     score_columns = ("UA", "IRA", "CRA", "CRA_without_erased", "FID")
+
+    def unavailable(self, opts: Options) -> list[str]:
+        return fid_note(opts)
 
     def train_groups(self, opts: Options) -> list[tuple[str, list[str], str]]:
         from ..eval.classifiers import unlearncanvas_labels

@@ -82,6 +82,38 @@ def _hub_resolves() -> bool:
     return True
 
 
+FID_MISSING = ("fid: needs torch-fidelity for its Inception network (pip install 'spmctl[eval-fid]'; "
+               "it needs torchvision)")
+
+
+def fid_unavailable() -> str | None:
+    """Why FID cannot be computed here (its Inception network's package is missing), else None:
+    asked before a benchmark trains, so the answer comes before hours of work, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        return FID_MISSING
+    return None
+
+
+def clip_unavailable(model: str) -> str | None:
+    """Why CLIP weights `model` cannot be loaded here (offline and not in the hub cache), else None.
+    Only checks where they would come from; loading them is left to the metric."""
+    if Path(model).is_dir():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return None
+    except Exception:  # an id the hub library rejects: the metric says why when it runs
+        return None
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_resolves():
+        return (f"clip_score: CLIP weights {model!r} are not available offline (not in the Hugging Face cache; "
+                "--clip-model takes a local folder)")
+    return None
+
+
 def load_clip(model: str) -> tuple[Any, Any]:
     """CLIP model and processor from a local folder or the hub cache, downloading only if allowed."""
     from transformers import CLIPModel, CLIPProcessor
@@ -140,8 +172,7 @@ def make_fid(feature: Any) -> Any:
     try:
         return FrechetInceptionDistance(feature=feature, normalize=True)
     except ModuleNotFoundError:
-        raise MetricUnavailable("fid: needs torch-fidelity for its Inception network "
-                                "(pip install 'spmctl[eval-fid]'; it needs torchvision)") from None
+        raise MetricUnavailable(FID_MISSING) from None
     except Exception as exc:  # the Inception weights are downloaded on first use
         raise MetricUnavailable(f"fid: Inception weights (torch-fidelity's pt_inception-2015-12-05) are not "
                                 f"available: {one_line(exc, limit=160, with_type=True)}") from None
