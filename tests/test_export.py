@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_spmctl
+from conftest import make_spm, run_spmctl
 from safetensors import safe_open
 from test_sample import SIZE, STEPS, generate
 
@@ -149,3 +149,44 @@ def test_weighted_parsing():
     assert parse_weighted("a.safetensors") == Weighted(Path("a.safetensors"), 1.0)
     assert parse_weighted("C:/x/a.safetensors") == Weighted(Path("C:/x/a.safetensors"), 1.0)
     assert parse_weighted("b:-1") == Weighted(Path("b"), -1.0)
+
+
+@pytest.mark.slow
+def test_cli_sample_and_exported_lora_in_diffusers_agree(tmp_path):
+    """SD 1.x through the commands a user runs: `spmctl sample --multiplier s`, `spmctl export lora`,
+    then diffusers' own `load_lora_weights` at adapter weight s: the same images (up to PNG
+    rounding). The membrane has strong random weights (a short training run barely moves the tiny
+    model's images, and then a LoRA that is not applied at all would pass too)."""
+    import json
+
+    from diffusers import DDIMScheduler
+    from PIL import Image
+
+    from spmctl.families.sd1.tiny import build_tiny_pipeline
+
+    pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft")
+    membrane = make_spm(tmp_path / "cat.safetensors", ["cat"], seed=1, std=1.0)
+    strength, prompts, seed, out = 0.6, ["a cat", "a red car"], 3, tmp_path / "samples"
+    done = run_spmctl("sample", "-m", "tiny", "--spm", str(membrane), "--multiplier", str(strength), "-p", prompts[0],
+                      "-p", prompts[1], "--seed", str(seed), "--steps", "3", "-W", "64", "-H", "64", "--device", "cpu",
+                      "-o", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ours = {r["prompt"]: np.asarray(Image.open(out / r["file"]).convert("RGB"), dtype=np.int16) for r in records}
+    lora = tmp_path / "cat_lora.safetensors"
+    done = run_spmctl("export", "lora", str(membrane), "-o", str(lora), "--model", "tiny", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+    pipe = build_tiny_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # spmctl sample's default sampler
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora), adapter_name="cat")
+    pipe.set_adapters(["cat"], adapter_weights=[strength])
+    for prompt in prompts:
+        image = pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64, width=64, output_type="pil",
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+        assert np.abs(ours[prompt] - np.asarray(image, dtype=np.int16)).max() <= 1, prompt
+    pipe.delete_adapters("cat")
+    base = np.asarray(pipe(prompts[0], num_inference_steps=3, guidance_scale=7.5, height=64, width=64,
+                           generator=torch.Generator().manual_seed(seed)).images[0], dtype=np.int16)
+    assert np.abs(base - ours[prompts[0]]).max() > 2  # the membrane changed the image
