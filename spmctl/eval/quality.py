@@ -108,10 +108,16 @@ def clip_unavailable(model: str) -> str | None:
             return None
     except Exception:  # an id the hub library rejects: the metric says why when it runs
         return None
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_resolves():
-        return (f"clip_score: CLIP weights {model!r} are not available offline (not in the Hugging Face cache; "
-                "--clip-model takes a local folder)")
-    return None
+    return clip_offline(model) if _hub_offline() or not _hub_resolves() else None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+
+
+def clip_offline(model: str) -> str:
+    return (f"clip_score: CLIP weights {model!r} are not available offline (not in the Hugging Face cache; "
+            "--clip-model takes a local folder)")
 
 
 def load_clip(model: str) -> tuple[Any, Any]:
@@ -125,9 +131,8 @@ def load_clip(model: str) -> tuple[Any, Any]:
     try:  # the cache first: no network round trip when the weights are already here
         return attempt(True)
     except Exception:
-        if Path(model).is_dir() or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-            raise MetricUnavailable(f"clip_score: CLIP weights {model!r} are not available offline "
-                                    "(not in the Hugging Face cache; --clip-model takes a local folder)") from None
+        if Path(model).is_dir() or _hub_offline():
+            raise MetricUnavailable(clip_offline(model)) from None
     if not _hub_resolves():
         raise MetricUnavailable(f"clip_score: CLIP weights {model!r} are not available: not in the Hugging Face "
                                 "cache and the hub cannot be reached (no network?)")
