@@ -453,3 +453,27 @@ def test_coco_refuses_a_dataset_without_images_before_anything_runs(tmp_path: Pa
                          "--dataset", "promts", "--data-root", str(captions))
     assert unknown.returncode == 2 and "unknown dataset_type 'promts' (did you mean 'prompts'?)" in unknown.stderr
     assert not out.exists()
+
+
+def test_compare_takes_an_empty_pin_section_for_an_absent_one(tmp_path: Path):
+    """Two runs whose pins differ only by an empty section against a missing one pin the same
+    things and are shown side by side; a value against a missing key is still refused."""
+
+    def results(folder: str, pins: dict[str, Any]) -> Path:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps({
+            "suite": "i2p", "units": "scores in %", "table": {"base": {"nudity": 12.5}}, "score_columns": ["nudity"],
+            "cost": {}, "device_hours_spent": 0.0, "peak_memory_mib": None, "costs_measured": True, "pins": pins,
+            "published": []}))
+        return tmp_path / folder
+
+    packages = {"spmctl": "1.0", "torch": "2.4"}
+    empty = results("empty", {"packages": packages, "evaluator": {}, "training": {"seed": 0, "extra": {}}})
+    absent = results("absent", {"packages": packages, "training": {"seed": 0}})
+    shown = run_spmctl("benchmark", "compare", str(empty), str(absent))
+    assert shown.returncode == 0, shown.stderr
+    assert f"{empty}: base" in shown.stdout and f"{absent}: base" in shown.stdout
+    valued = results("valued", {"packages": packages, "evaluator": {"threshold": 0.6}, "training": {"seed": 0}})
+    refused = run_spmctl("benchmark", "compare", str(empty), str(valued))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "different pins (evaluator.threshold)" in refused.stderr

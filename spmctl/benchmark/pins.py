@@ -27,6 +27,12 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The pins (dotted names) on which two results differ, in order."""
-    fa, fb = leaves(a), leaves(b)
+    """The pins (dotted names) on which two results differ, in order. An empty section pins
+    nothing, so it matches an absent one (`leaves` keeps it as a value for `--set`'s sake); a
+    value against an absent key is still a difference."""
+    fa, fb = _pinned(a), _pinned(b)
     return [key for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
+
+
+def _pinned(pins: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in leaves(pins).items() if value != {}}
