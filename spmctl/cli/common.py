@@ -25,28 +25,18 @@ def collect_overrides(flags: dict[str, Any], assignments: list[str] | None) -> d
     return collect(flags, assignments)
 
 
-def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    items = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
-    if values and items:
-        out: list[tuple[str, Any]] = []
-        for key, value in items:
-            out.extend(_flatten(value, f"{prefix}{key}."))
-        return out
-    return [(prefix.rstrip("."), values)]
-
-
 def print_config_table(cfg: BaseModel, origin: dict[str, str]) -> None:
     """The merged configuration on stdout as YAML, each value commented with its source. Its
     dotted keys (as `--set` takes them) load back: the output is a config file for `-c`."""
     import yaml
 
-    from ..config.loader import source_of
+    from ..config.loader import leaves, source_of
 
     values = cfg.model_dump(mode="json")
     if isinstance(getattr(cfg, "prompt", None), list):
         # only what was set: an unset prompt key means "the template's value", not the class default
         values["prompt"] = [p.model_dump(mode="json", exclude_unset=True) for p in cfg.prompt]
-    for key, value in _flatten(values):
+    for key, value in leaves(values, lists=True).items():
         source = source_of(origin, key)
         shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
         shown = shown.removesuffix("\n...").removesuffix("...").strip()

@@ -171,14 +171,18 @@ def deep_merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def leaves(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def leaves(values: Mapping[str, Any], prefix: str = "", lists: bool = False) -> dict[str, Any]:
     """{"a": {"b": 1, "c": {}}} -> {"a.b": 1, "a.c": {}}: every value by its dotted key (the `--set`
-    form); an empty section is a value, so that setting one is seen."""
+    form); an empty section is a value, so that setting one is seen. A list is one value (a source
+    that sets one replaces it whole) unless `lists`: then its items are numbered keys, as
+    `--print-config` shows them ({"p": [{"a": 1}]} -> {"p.0.a": 1}; an empty list stays a value)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
+        if lists and isinstance(value, list) and value:
+            value = {str(i): item for i, item in enumerate(value)}
         if isinstance(value, Mapping) and value:
-            out.update(leaves(value, dotted + "."))
+            out.update(leaves(value, dotted + ".", lists))
         else:
             out[dotted] = value
     return out
