@@ -22,8 +22,9 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   mapfile -t torch_args <<<"$torch_args"
   "$PY" -m pip install "${torch_args[@]}"
 fi
-# setuptools>=68 lets the tests pip-install their example plugins without build isolation
-"$PY" -m pip install "setuptools>=68" -e ".$extras"
+# setuptools>=77 reads pyproject's SPDX `license` string, also in builds without isolation (the tests
+# pip-install their example plugins so; SPMCTL_BUILD_EXT=1 builds spmctl so)
+"$PY" -m pip install "setuptools>=77" -e ".$extras"
 # Build the fused membrane kernel now (about a minute, more with CUDA; progress on stderr), so the first
 # run starts at once. Without a compiler spmctl still works, on its slower PyTorch reference.
 if [ "${SPMCTL_KERNEL:-auto}" != reference ]; then

@@ -2,7 +2,8 @@
 and an installed spmctl still finds the files (issue 13, item 7).
 
 Mutations caught: putting `datasets/__init__.py` back (the first test); dropping the
-`spmctl_datasets` package data from pyproject.toml (the second).
+`spmctl_datasets` package data from pyproject.toml (the second); pyproject's `license` back to
+the deprecated TOML table (the second: setuptools warns while building).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from conftest import TESTS
@@ -52,8 +54,13 @@ def test_an_installed_spmctl_finds_its_dataset_files(tmp_path: Path):
     for folder in ("spmctl", "plugins", "csrc", "datasets"):  # build outside the repo: no build/ left there
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "target"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True, capture_output=True, text=True)
+    # without isolation the build uses this venv's setuptools: pyproject's SPDX `license` needs 77
+    found = metadata.version("setuptools")
+    assert int(found.split(".")[0]) >= 77, f"setuptools {found} here: pip install 'setuptools>=77' (install.sh does)"
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation",
+                            "--target", str(target), str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr
+    assert "SetuptoolsDeprecationWarning" not in built.stdout + built.stderr  # a user's install shows them
     assert not (target / "datasets").exists()  # nothing installed under the name `datasets`
     # every package of the checkout is installed (pyproject lists them one by one)
     missing = [str(init.parent.relative_to(REPO)) for init in sorted((REPO / "spmctl").rglob("__init__.py"))
