@@ -205,7 +205,7 @@ def _step(checkpointing: bool, precision: str = "float32", source: str = "tiny")
     block.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     loss, _ = objective.loss(embeds, torch.Generator().manual_seed(1))
     loss.backward()
-    return model, net, float(loss), [p.grad.clone() for p in net.trainable_parameters()], len(calls)
+    return model, net, loss.item(), [p.grad.clone() for p in net.trainable_parameters()], len(calls)
 
 
 @pytest.mark.parametrize("source", ["tiny", "tiny-sd3", "tiny-flux"])
