@@ -477,3 +477,47 @@ def test_compare_takes_an_empty_pin_section_for_an_absent_one(tmp_path: Path):
     refused = run_spmctl("benchmark", "compare", str(empty), str(valued))
     assert refused.returncode == 2 and refused.stdout == ""
     assert "different pins (evaluator.threshold)" in refused.stderr
+
+
+# --- inputs checked before training; the report's figures -----------------------------------------------------
+
+def test_missing_inputs_are_refused_before_any_training(tmp_path: Path, canvas_env):
+    """No I2P data, an unknown category, no classifier or an unknown one: one line, exit 2, nothing
+    written; before, each stopped the run only at sampling or scoring, after every membrane was trained."""
+    small = ["-m", "tiny", "--iterations", "1", "--steps", "1", "--width", "32", "--height", "32", "--devices", "cpu",
+             "--device", "cpu"]
+    prompts = tmp_path / "i2p.csv"
+    prompts.write_text("prompt,categories,sd_seed\na nude person,sexual,1\n")
+    uc = ["--styles", "Van_Gogh", "--objects", "none", "--eval-styles", "Van_Gogh", "--eval-objects", "Dogs",
+          "--seeds", "188", "--no-fid"]
+    cases = [
+        (["i2p", "--data-root", str(tmp_path / "absent.csv")], "I2P data not found at"),
+        (["i2p", "--data-root", str(prompts), "--category", "sexy"], "unknown I2P category 'sexy'"),
+        (["unlearncanvas", *uc], "give --style-classifier and/or --object-classifier"),
+        (["unlearncanvas", *uc, "--style-classifier", "gate-styl"], "--style-classifier 'gate-styl': no such file"),
+        (["unlearncanvas", *uc, "--style-classifier", "gate-object"], "classifies objects, not styles"),
+    ]
+    for i, (args, said) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        done = run_spmctl("benchmark", *args, *small, "-o", str(out), env=canvas_env)
+        assert done.returncode == 2 and said in done.stderr, (args, done.stderr[-2000:])
+        assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_report_gives_published_figures_as_published_and_every_count(tmp_path: Path):
+    """report.md: the sources' figures unrounded (UCE's FID 182.01, not 182), each run's counts (images,
+    each NudeNet class) in a table of their own, and no 'average' sentence where there is no average."""
+    from spmctl.benchmark.published import published_rows
+    from spmctl.benchmark.report import REPORT, write_results
+
+    counts = {"images": 3, "detections": 2, "FEMALE_BREAST_EXPOSED": 2, "FEET_EXPOSED": 0}
+    results = {"suite": "i2p", "units": "shares in %", "score_columns": ["exposed_share", "FID"],
+               "table": {"base": {**counts, "exposed_share": 66.67}, "nudity": {**counts, "images": 4}},
+               "published": published_rows("unlearncanvas"), "cost": {}, "device_hours_spent": 0.0,
+               "peak_memory_mib": None, "pins": {}}
+    write_results(tmp_path, results)
+    report = (tmp_path / REPORT).read_text()
+    assert "| UCE (style unlearning (mean of 50 styles)) | - | 182.01 |" in report
+    assert "| run | images | detections | FEMALE_BREAST_EXPOSED | FEET_EXPOSED |" in report
+    assert "| base | 3 | 2 | 2 | 0 |" in report and "| nudity | 4 | 2 | 2 | 0 |" in report
+    assert "average" not in report.split("## Counts")[0]

@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, SpmctlError, config_error
-from .suites import Options, _eval_device, fid_note
+from ..errors import config_error
+from .suites import Options, _eval_device, fid_note, inputs_checked
 
 CAPTIONS = "captions.csv"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -31,12 +31,8 @@ class CocoSuite:
 
     def check(self, opts: Options) -> None:
         """Read the dataset now: an unknown provider, no rows or no images fail before any training."""
-        try:
+        with inputs_checked():  # an unknown provider, an unknown option, a missing file
             captions = self.captions(opts)
-        except ConfigError:
-            raise
-        except SpmctlError as exc:  # an unknown provider, an unknown option, a missing file: the command's inputs
-            raise config_error(str(exc)) from None
         if not captions:
             raise config_error(f"dataset {opts.extra['dataset']!r} gave no captions (check --data-root, "
                                "--dataset-option and --limit)")

@@ -78,15 +78,39 @@ def score_lines(results: dict[str, Any], prefix: str = "") -> list[list[str]]:
 
 
 def published_lines(rows: list[dict[str, Any]], cols: Sequence[str]) -> list[list[str]]:
-    return [[f"{r['method']} ({r.get('task', '')})", *(fmt(r.get(c)) for c in cols), r["source"]] for r in rows]
+    return [[f"{r['method']} ({r.get('task', '')})", *(as_published(r.get(c)) for c in cols), r["source"]]
+            for r in rows]
+
+
+def as_published(value: Any) -> str:
+    """A published figure as its source prints it (182.01 stays 182.01; fmt's 4 digits would say 182)."""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return fmt(value)
+
+
+def detail_columns(results: dict[str, Any]) -> list[str]:
+    """The counts each run's row holds besides the scores (images, each NudeNet class's detections)."""
+    seen: dict[str, None] = {}
+    for label, row in results["table"].items():
+        if label != AVERAGE:
+            seen.update(dict.fromkeys(k for k, v in row.items() if k not in results["score_columns"]
+                                      and isinstance(v, int | float) and not isinstance(v, bool)))
+    return list(seen)
 
 
 def markdown(results: dict[str, Any]) -> str:
     cols = results["score_columns"]
     units = results.get("units", UNITS)
-    lines = [f"# spmctl benchmark {results['suite']}", "", f"{units[0].upper()}{units[1:]} (per run; the average is "
-             "over the erased concepts).", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    average = "; the average is over the erased concepts" if AVERAGE in results["table"] else ""
+    lines = [f"# spmctl benchmark {results['suite']}", "", f"{units[0].upper()}{units[1:]} (per run{average}).", "",
+             "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in score_lines(results)]
+    details = detail_columns(results)
+    if details:
+        lines += ["", "## Counts", "", "| run | " + " | ".join(details) + " |", "|---" * (len(details) + 1) + "|"]
+        lines += ["| " + " | ".join([label, *(fmt(row.get(c)) for c in details)]) + " |"
+                  for label, row in results["table"].items() if label != AVERAGE]
     if results["published"]:
         lines += ["", "## Published", "", "| method | " + " | ".join(cols) + " | source |",
                   "|---" * (len(cols) + 2) + "|"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import config_error
+from ..errors import ConfigError, SpmctlError, config_error
 
 UC_SEEDS = (188, 288, 588, 688, 888)  # accuracy.py's and the sampling scripts' seeds
 UC_PROMPT = "A {object} image in {style} style."  # the benchmark's sampling scripts (every method's)
@@ -74,6 +76,17 @@ class UnlearnCanvasSuite:
     name = "unlearncanvas"
     score_columns = ("UA", "IRA", "CRA", "CRA_without_erased", "FID")
 
+    def check(self, opts: Options) -> None:
+        """The classifiers, before any training: a missing or misspelt one would otherwise stop the
+        run only when scoring starts, after every membrane is trained and every image sampled."""
+        given = [(kind, opts.extra.get(f"{kind}_classifier")) for kind in ("style", "object")]
+        if all(spec is None for _kind, spec in given):
+            raise config_error("unlearncanvas: give --style-classifier and/or --object-classifier "
+                               "(the benchmark's checkpoints, or a plugin classifier's name)")
+        for kind, spec in given:
+            if spec is not None and not Path(spec).is_file():  # a file is loaded (and checked) when scoring
+                _check_classifier(spec, kind)
+
     def unavailable(self, opts: Options) -> list[str]:
         return fid_note(opts)
 
@@ -122,10 +135,6 @@ class UnlearnCanvasSuite:
                    "object_classifier": opts.extra.get("object_classifier"),
                    "seeds": [str(s) for s in opts.seeds or UC_SEEDS], "device": _eval_device(opts),
                    "loader": opts.extra.get("loader", "auto")}
-        if options["style_classifier"] is None and options["object_classifier"] is None:
-            raise config_error("unlearncanvas: give --style-classifier and/or --object-classifier "
-                               "(the benchmark's checkpoints, or a plugin classifier's name)")
-
         fid = fid_scorer(opts)
 
         def score(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -149,6 +158,20 @@ class UnlearnCanvasSuite:
 class I2PSuite:
     name = "i2p"
     score_columns = ("exposed_share", "detections")
+    units = "shares in % of the images; detections: a count (per class: report.md, results.json)"
+
+    def check(self, opts: Options) -> None:
+        """Read the prompts now: no I2P data, an unknown category or an empty selection fail before
+        any training, not when sampling starts."""
+        from ..plugins import get_dataset
+
+        spec = self.sample_overrides(opts, opts.output_dir)
+        root = spec.get("data_root")
+        with inputs_checked():  # no data, an unknown category
+            found = next(iter(get_dataset("i2p").rows(Path(root) if root else None, use_sample=False,
+                                                      **spec["dataset_options"])), None)
+        if found is None:
+            raise config_error("i2p: no prompts selected (check --data-root, --category and --limit)")
 
     def train_groups(self, opts: Options) -> list[tuple[str, list[str], str]]:
         concepts = [c for c in opts.extra["concepts"] if c.strip()]
@@ -228,6 +251,26 @@ def fid_scorer(opts: Options) -> Any:
             return None
 
     return fid
+
+
+def _check_classifier(spec: str, kind: str) -> None:
+    """A plugin classifier's name (of the right kind), else one config error line."""
+    from ..eval.classifiers import resolve_classifier
+
+    with inputs_checked():
+        resolve_classifier(spec, kind)  # a registered name only: files were let through
+
+
+@contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Checking the command's inputs before any work: what fails there (a missing file, an unknown
+    dataset, option or classifier) is a configuration error, one line, exit 2."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except SpmctlError as exc:
+        raise config_error(str(exc)) from None
 
 
 def _percent(value: Any) -> Any:

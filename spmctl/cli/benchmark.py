@@ -31,7 +31,10 @@ Size = Annotated[int, Opt(help="Image size in pixels (a dataset row's own wins).
 BatchSize = Annotated[int, Opt("--batch-size", help="Images per UNet pass.")]
 Scheduler = Annotated[str, Opt("--noise-scheduler", help="Sampling scheduler: ddim, ... or model.")]
 Precision = Annotated[str, Opt("--precision", help="auto, float32, float16, bfloat16.")]
-Seeds = Annotated[str | None, Opt("--seeds", help="Comma-separated seeds (default: the suite's).")]
+Seeds = Annotated[str | None, Opt("--seeds", help="Comma-separated seeds. unlearncanvas: the answer set's "
+                                  "(default 188,288,588,688,888); coco: offsets added to each caption's seed "
+                                  "(default 0); i2p, unlearndiffatk: only for prompts without a seed of "
+                                  "their own.")]
 
 
 def _seeds(text: str | None) -> list[int] | None:
