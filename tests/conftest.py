@@ -296,3 +296,18 @@ def fused_on(fused, device):
     if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("spmctl::membrane_fwd", "CUDA"):
         pytest.skip("the fused op was built without CUDA kernels")
     return fused
+
+
+@pytest.fixture(scope="module")
+def canvas_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The classifier plugins the benchmark tests judge with, and the captions dataset (one pip run for all)."""
+    site = pip_install_plugins(tmp_path_factory.mktemp("canvas-site"), tmp_path_factory.mktemp("canvas-src"),
+                               "spmctl-canvas-plugin", "spmctl-verdict-plugin", "spmctl-coco-plugin")
+    return {"PYTHONPATH": str(site)}
+
+
+@pytest.fixture(scope="module")
+def train_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest training that runs every part: 1 iteration, 2 denoising steps (the least allowed), 32 px."""
+    return write_train_config(tmp_path_factory.mktemp("cfg") / "train.yaml", train__iterations=1,
+                              train__max_denoising_steps=2, prompt={"resolution": 32, "sampling_batch_size": 1})

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SPMCTL, TESTS, pip_install_plugins, run_spmctl, save_tiny_clip, write_train_config
+from conftest import SPMCTL, TESTS, run_spmctl, save_tiny_clip
+from helpers_procs import TORCHRUN, run_until
 
 STYLES = ["Van_Gogh", "Monet"]  # the answer set's themes here (the benchmark's: 50 styles + Seed_Images)
 OBJECTS = ["Dogs", "Cats"]
@@ -53,21 +52,6 @@ def mean_colour() -> Any:
             return images.mean(dim=(2, 3))
 
     return MeanColour()
-
-
-@pytest.fixture(scope="module")
-def canvas_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The classifier plugins every suite here judges with, and the captions dataset (one pip run for all)."""
-    site = pip_install_plugins(tmp_path_factory.mktemp("canvas-site"), tmp_path_factory.mktemp("canvas-src"),
-                               "spmctl-canvas-plugin", "spmctl-verdict-plugin", "spmctl-coco-plugin")
-    return {"PYTHONPATH": str(site)}
-
-
-@pytest.fixture(scope="module")
-def train_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest training that runs every part: 1 iteration, 2 denoising steps (the least allowed), 32 px."""
-    return write_train_config(tmp_path_factory.mktemp("cfg") / "train.yaml", train__iterations=1,
-                              train__max_denoising_steps=2, prompt={"resolution": 32, "sampling_batch_size": 1})
 
 
 def uc_args(out: Path, train_yaml: Path) -> list[str]:
@@ -139,40 +123,6 @@ def test_unlearncanvas_end_to_end(uc_run):
     assert "device-hours left" in output  # the estimate after the warm-up
 
 
-def _run_until(args: list[str], env: dict[str, str], ready, launcher: tuple[str, ...] = ()) -> int | None:  # noqa: ANN001
-    """Start the command, SIGKILL it (and every process it started) as soon as `ready()` is true;
-    the exit code if it ended first."""
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    proc = subprocess.Popen([*launcher, str(SPMCTL), *args], env=full, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if ready():
-            for pid in [proc.pid, *_descendants(proc.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.wait()
-            return None
-        time.sleep(0.02)
-    return proc.wait()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc (torchrun puts its workers in sessions of their own, so
-    killing its process group would leave them running)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
 @pytest.mark.slow
 def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, canvas_env, train_yaml):
     reference = json.loads((uc_run[0] / "results.json").read_text())["table"]
@@ -187,7 +137,7 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
         lambda: (out / "eval" / "base.json").is_file(),
     ]
     slow = {**canvas_env, "CANVAS_PLUGIN_SECONDS": "1"}
-    assert [_run_until(args, slow, ready) for ready in stages] == [None, None, None]  # each was cut short
+    assert [run_until(args, slow, ready) for ready in stages] == [None, None, None]  # each was cut short
     assert not (out / "results.json").exists()
     done = run_spmctl(*args, env=canvas_env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -200,9 +150,6 @@ def test_killed_at_each_stage_resumes_to_the_same_table(tmp_path: Path, uc_run, 
         assert len(list(folder.glob("*.png"))) == len(STYLES) * len(OBJECTS)
 
 
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "--no-python")
-
-
 @pytest.mark.slow
 def test_under_torchrun_ranks_share_the_images_and_rank_0_alone_scores(tmp_path: Path, uc_run, canvas_env,
                                                                        train_yaml):
@@ -213,7 +160,7 @@ def test_under_torchrun_ranks_share_the_images_and_rank_0_alone_scores(tmp_path:
     log = tmp_path / "judged.log"
     env = {**canvas_env, "CANVAS_PLUGIN_LOG": str(log), "OMP_NUM_THREADS": "1"}
     args = uc_args(out, train_yaml)
-    assert _run_until(args, env, lambda: any((out / "samples" / "van_gogh").glob("*.png")), TORCHRUN) is None
+    assert run_until(args, env, lambda: any((out / "samples" / "van_gogh").glob("*.png")), TORCHRUN) is None
     assert not log.exists() and not (out / "results.json").exists()  # cut short before any scoring
     done = subprocess.run([*TORCHRUN, str(SPMCTL), *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
@@ -279,33 +226,6 @@ def test_i2p_end_to_end(tmp_path: Path, train_yaml):
         "BUTTOCKS_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_EXPOSED", "ARMPITS_EXPOSED"]}
     assert results["pins"]["packages"]["nudenet"]
     assert "exposed_share" in done.stdout and "threshold" in done.stdout
-
-
-@pytest.mark.slow
-def test_unlearndiffatk_end_to_end(tmp_path: Path, train_yaml, canvas_env):
-    """A task that is any concept ('cat'), judged by the parity plugin: ASR before/after from its verdicts."""
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    # seeds where the attack turns one prompt of two (0% -> 50%): columns swapped or fixed would show
-    (prompts / "cat.csv").write_text("prompt,seed\na cat in a garden,0\na sleeping cat,3\n")
-    out = tmp_path / "run"
-    done = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--train-config", str(train_yaml),
-                      "--tasks", "cat", "--prompts-dir", str(prompts), "--classifier", "parity", "--attack-steps", "1",
-                      "--eval-every", "1", "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu",
-                      "--devices", "cpu", env=canvas_env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    attack = json.loads((out / "attack" / "cat" / "results.json").read_text())["asr"]["cat"]
-    assert attack["asr_before"] != attack["asr_after"]  # the input above, else the check below is blind
-    assert results["table"] == {"cat": {"ASR_before": pytest.approx(100 * attack["asr_before"], abs=0.01),
-                                        "ASR_after": pytest.approx(100 * attack["asr_after"], abs=0.01), "prompts": 2}}
-    assert results["pins"]["evaluator"]["cat"]["judge"] == "parity"
-    assert results["pins"]["evaluator"]["cat"]["budget"]["attack_steps"] == 1
-    # the published rows (SPM and AdvUnlearn, before -> after) with their sources
-    assert "54.93" in done.stdout and "91.55" in done.stdout and "arXiv 2405.15234" in done.stdout
-    missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
-                         "--tasks", "church", "--prompts-dir", str(prompts))
-    assert missing.returncode == 2 and "no church.csv in" in missing.stderr and not (tmp_path / "x").exists()
 
 
 def test_unlearncanvas_fid_column_against_the_base_answer_set(tmp_path: Path):

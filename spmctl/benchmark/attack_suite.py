@@ -11,6 +11,7 @@ task is its attack success rate before (the original prompts) and after the atta
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,33 +69,58 @@ class UnlearnDiffAtkSuite:
         given = opts.extra.get("classifiers") or {}
         return given.get(task, given.get("*"))
 
-    def attack_stage(self, opts: Options, state: Any, console: Any, membranes: dict[str, Path]) -> tuple[
-            dict[str, dict[str, Any]], dict[str, Any]]:
-        """One attack per task over its prompts; returns the rows and the evaluator's pins."""
+    def attack_config(self, opts: Options, task: str, concept: str, membrane: Path, first: int | None = None) -> Any:
+        """`spmctl attack unlearndiffatk`'s config for one task; `first`: only its first prompts (the warm-up,
+        whose prompts keep their names and settings, so the whole run then skips them)."""
         from ..attack.config import load_attack_config
+
+        prompts = str(self.prompts_file(opts, task))
+        overrides: dict[str, Any] = {
+            "method": "unlearndiffatk", "model": opts.model, "spms": [str(membrane)], "prompts_file": prompts,
+            "concept": concept, "classifier": self.classifier(opts, task),
+            "output_dir": str(opts.output_dir / "attack" / task), "steps": opts.steps, "guidance": opts.guidance,
+            "width": opts.width, "height": opts.height, "device": opts.device, "precision": opts.precision,
+            "noise_scheduler": opts.noise_scheduler, "batch_size": opts.batch_size,
+            "negative_prompt": opts.negative_prompt}
+        if first is not None:
+            overrides.update(prompts_file=None, dataset="prompts", dataset_options={"path": prompts, "limit": first})
+        for key in ("tokens", "attack_steps", "lr", "eval_every"):
+            if opts.extra.get(key) is not None:
+                overrides[key] = opts.extra[key]
+        if opts.seeds:
+            overrides["seeds"] = list(opts.seeds)
+        return load_attack_config(None, overrides)[0]
+
+    def attack_stage(self, opts: Options, state: Any, console: Any, membranes: dict[str, Path],
+                     ranks: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """One attack per task over its prompts, shared out over the processes under torchrun (each
+        rank attacks prompts r, r + world, ...); returns the rows and the evaluator's pins (rank 0;
+        the other ranks get nothing back).
+
+        Warm-up: the first task's first prompts (one per process), timed; their device-seconds per
+        prompt give the estimate of the attacks left."""
         from ..attack.run import run_attack
+        from ..distributed.dist import from_main
         from .pins import package_versions
+        from .run import estimate
 
         state.stage("attack", status="running")
         rows: dict[str, dict[str, Any]] = {}
         judges: dict[str, Any] = {}
         for task, _template, concept in self.tasks(opts):
             out = opts.output_dir / "attack" / task
-            overrides: dict[str, Any] = {
-                "method": "unlearndiffatk", "model": opts.model, "spms": [str(membranes[concept])],
-                "prompts_file": str(self.prompts_file(opts, task)), "concept": concept,
-                "classifier": self.classifier(opts, task), "output_dir": str(out), "steps": opts.steps,
-                "guidance": opts.guidance, "width": opts.width, "height": opts.height, "device": opts.device,
-                "precision": opts.precision, "noise_scheduler": opts.noise_scheduler,
-                "batch_size": opts.batch_size, "negative_prompt": opts.negative_prompt}
-            for key in ("tokens", "attack_steps", "lr", "eval_every"):
-                if opts.extra.get(key) is not None:
-                    overrides[key] = opts.extra[key]
-            if opts.seeds:
-                overrides["seeds"] = list(opts.seeds)
-            cfg, _ = load_attack_config(None, overrides)
+            if from_main(lambda: "seconds_per_attack_prompt" not in state.costs):
+                warm = self.attack_config(opts, task, concept, membranes[concept], first=ranks.world_size)
+                made, seconds = _timed(partial(run_attack, warm, console=console, quiet=opts.quiet, ranks=ranks), out)
+                if made and state.main:
+                    state.costs["seconds_per_attack_prompt"] = seconds * ranks.world_size / made
+                    state.save()
+                    estimate(self, opts, state, console, "after the attack warm-up")
+            cfg = self.attack_config(opts, task, concept, membranes[concept])
             console.print(f"benchmark: attacking {task} ({concept!r}) -> {out}", highlight=False)
-            run_attack(cfg, console=console, quiet=opts.quiet)
+            run_attack(cfg, console=console, quiet=opts.quiet, ranks=ranks)
+            if not state.main:  # rank 0 reads what every rank attacked (its summary came after a barrier)
+                continue
             results = json.loads((out / "results.json").read_text(encoding="utf-8"))
             asr = results["asr"].get(concept) or next(iter(results["asr"].values()), {})
             rows[task] = {"ASR_before": _percent(asr.get("asr_before")), "ASR_after": _percent(asr.get("asr_after")),
@@ -109,5 +135,28 @@ class UnlearnDiffAtkSuite:
                 "seeds": opts.seeds or "each prompt's own"}
         return rows, pins
 
+    def prompts_left(self, opts: Options) -> int:
+        """Prompts not yet attacked over every task (a prompt is done once its record is on disk)."""
+        from ..plugins import get_dataset
+
+        left = 0
+        for task, _template, _concept in self.tasks(opts):
+            total = sum(1 for _ in get_dataset("prompts").rows(None, path=str(self.prompts_file(opts, task))))
+            left += max(0, total - _finished(opts.output_dir / "attack" / task))
+        return left
+
     def package_pins(self) -> tuple[str, ...]:
         return ("nudenet",)
+
+
+def _finished(out: Path) -> int:
+    return sum(1 for _ in (out / "prompts").glob("*.json")) if (out / "prompts").is_dir() else 0
+
+
+def _timed(attack: Any, out: Path) -> tuple[int, float]:
+    """(prompts newly finished, wall seconds) of one attack run."""
+    import time
+
+    before, started = _finished(out), time.perf_counter()
+    attack()
+    return _finished(out) - before, time.perf_counter() - started

@@ -2,8 +2,9 @@
 membrane), eval (one row per run), then the report. Each stage is the existing code with its own
 manifest, so a re-run of the same command skips what is done and continues what was cut short.
 
-Costs: the first concept trained and the first run sampled are the warm-up; their measured
-seconds per iteration and per image give the estimate of the device-hours left, printed then.
+Costs: the first concept trained and the first run sampled (or the first prompts attacked) are the
+warm-up; their measured seconds per iteration, per image (per prompt) give the estimate of the
+device-hours left, printed then.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def device_count(opts: Options) -> int:
 def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any] | None:
     """Every stage, then the report; returns the results (also written to results.json).
 
-    Under torchrun every rank trains its share of the concepts and samples its share of the images,
-    then waits for the others; rank 0 alone scores, estimates, keeps benchmark.json and writes the
-    report. The other ranks return None once the images are all on disk."""
+    Under torchrun every rank trains its share of the concepts and samples (or attacks) its share of
+    the images (prompts), then waits for the others; rank 0 alone scores, estimates, keeps
+    benchmark.json and writes the report. The other ranks return None once the images are all on disk."""
     from ..distributed import dist
     from .report import build_results, write_results
 
@@ -70,14 +71,15 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
             state = dist.from_main(lambda: RunState.open(root, suite.name, opts.settings()))
             state.main = env.is_main
             membranes = train_stage(suite, opts, state, console)
-            folders = None if hasattr(suite, "attack_stage") else sample_stage(suite, opts, state, console,
-                                                                               membranes)
+            folders = None
+            if hasattr(suite, "attack_stage"):  # the attack makes and judges its own images, shared out
+                rows, pins = suite.attack_stage(opts, state, console, membranes, env)
+            else:
+                folders = sample_stage(suite, opts, state, console, membranes)
             dist.barrier()  # every rank's images (and rank 0's merged manifests) are on disk
         if not env.is_main:
             return None
-        if folders is None:  # the attack makes and judges its own images
-            rows, pins = suite.attack_stage(opts, state, console, membranes)
-        else:
+        if folders is not None:
             rows, pins = eval_stage(suite, opts, state, console, folders)
         pins["training"] = training_pins(opts)
     finally:  # device time counts even for a run cut short
@@ -283,21 +285,27 @@ def estimate(suite: Any, opts: Options, state: RunState, console: Console, when:
         concepts_left += sum(1 for n in names if entries.get(n, {}).get("status") != "done")
         total += len(names)
     seconds = concepts_left * iterations * per_it if per_it else 0.0
-    runs_left = total + 1 - len(sampled or ())
     unknown = []
     if hasattr(suite, "attack_stage"):
-        runs_left = 0
-        unknown.append("the attacks (their cost depends on when each prompt succeeds)")
-    elif per_image and costs.get("images_per_run"):
-        seconds += runs_left * costs["images_per_run"] * per_image
+        prompts_left = suite.prompts_left(opts)
+        work = f"{prompts_left} prompts to attack"
+        if costs.get("seconds_per_attack_prompt"):  # an average: a prompt stops early once the attack succeeds
+            seconds += prompts_left * costs["seconds_per_attack_prompt"]
+        else:
+            unknown.append("the attacks (measured after their warm-up)")
     else:
-        unknown.append("sampling (measured after its warm-up)")
+        runs_left = max(0, total + 1 - len(sampled or ()))
+        work = f"{runs_left} runs to sample"
+        if per_image and costs.get("images_per_run"):
+            seconds += runs_left * costs["images_per_run"] * per_image
+        else:
+            unknown.append("sampling (measured after its warm-up)")
     devices = device_count(opts)
     # training spreads over the devices (concept-parallel); device-hours are the same either way
     hours = seconds / 3600.0
     note = f"; not yet counted: {', '.join(unknown)}" if unknown else ""
     console.print(f"benchmark estimate {when}: about {hours:.3g} device-hours left ({concepts_left} concepts to "
-                  f"train, {max(0, runs_left)} runs to sample, {devices} device(s)){note}", highlight=False)
+                  f"train, {work}, {devices} device(s)){note}", highlight=False, soft_wrap=True)
     state.costs["estimate_hours_left"] = round(hours, 4)
     state.save()
     return hours
