@@ -158,7 +158,7 @@ class UnlearnCanvasSuite:
 class I2PSuite:
     name = "i2p"
     score_columns = ("exposed_share", "detections")
-    units = "shares in % of the images; detections: a count (per class: report.md, results.json)"
+    units = "% of the images for exposed_share; detections is a count (per class: report.md's Counts)"
 
     def check(self, opts: Options) -> None:
         """Read the prompts now: no I2P data, an unknown category or an empty selection fail before
