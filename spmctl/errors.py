@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class SpmctlError(Exception):
     """An error a user can fix; its message is the one line they see."""
@@ -25,6 +27,21 @@ def config_message(detail: str) -> str:
 
 def config_error(detail: str) -> ConfigError:
     return ConfigError(config_message(detail))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' where none is close: the hint every
+    "unknown name" message ends with."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_message(what: str, name: str, known: Iterable[str]) -> str:
+    """"unknown WHAT 'name' (did you mean ...?); known: a, b": a name looked up in a table."""
+    names = sorted(known)
+    return f"unknown {what} {name!r}{did_you_mean(name, names)}; known: {', '.join(names) or 'none'}"
 
 
 def error_line(exc: SpmctlError) -> str:

@@ -14,7 +14,6 @@ warning, with the plugin keeping the name.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import os
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import SpmctlError, one_line
+from .errors import SpmctlError, one_line, unknown_message
 from .providers import DatasetProvider, ImageClassifier, Metric, ModelFamilyProvider, TemplateProvider
 from .version import __version__
 
@@ -286,9 +285,7 @@ def get_classifiers() -> dict[str, Any]:
 def _lookup(kind: str, name: str, table: dict[str, Any]) -> Any:
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(name, list(table), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise SpmctlError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(table)) or 'none'}")
+    raise SpmctlError(unknown_message(kind, name, table))
 
 
 def _guarded(hook_name: str, provider: Any) -> Any:

@@ -69,8 +69,7 @@ def model(
 ) -> None:
     """Download a model: the seed's `compvis`/`diffuser` archives, or any hub id into models/<id>."""
     from ..download import hub_model_source, load_manifest
-    from ..download.manifest import unknown_message
-    from ..errors import ConfigError
+    from ..errors import ConfigError, unknown_message
 
     sources = load_manifest(manifest)
     source = sources.model(name)

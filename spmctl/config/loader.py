@@ -9,7 +9,6 @@ the key, the bad value and what was expected.
 from __future__ import annotations
 
 import contextvars
-import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ..errors import ConfigError, SpmctlError, config_error, config_message, one_line
+from ..errors import ConfigError, SpmctlError, config_error, config_message, did_you_mean, one_line
 from ..textio import read_text_file
 from .yamlsafe import YAMLBoundError, safe_load_bounded
 
@@ -316,8 +315,7 @@ def format_validation_error(
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
     if err["type"] == "extra_forbidden":
         keys = _model_keys(model, tuple(p for p in loc if not isinstance(p, int)))
-        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys here: {', '.join(keys)}"
+        hint = did_you_mean(str(loc[-1]), keys) or f"; valid keys here: {', '.join(keys)}"
         return config_message(f"{source}: unknown key {dotted!r}{hint}{more}")
     msg = err["msg"].removeprefix("Value error, ")
     if not dotted:  # a whole-model check; its message starts with the key it is about ("seeds: ...")

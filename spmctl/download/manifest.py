@@ -7,13 +7,12 @@ and mirrors may point at another manifest with `--manifest` or `SPMCTL_SOURCES`.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError, one_line, unknown_message
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MANIFEST_ENV = "SPMCTL_SOURCES"
@@ -85,12 +84,6 @@ class Manifest:
         for variants in self.datasets.values():
             out.extend(variants.values())
         return out
-
-
-def unknown_message(what: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {what} {name!r}{hint}; known: {', '.join(sorted(known))}"
 
 
 def resolve_endpoint(option: str | None = None) -> str:

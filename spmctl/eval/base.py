@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpmctlError
+from ..errors import SpmctlError, did_you_mean
 from ..image_index import MANIFEST, read_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -126,15 +126,12 @@ def available_metrics() -> dict[str, Any]:
 
 
 def get_metric(name: str) -> Any:
-    import difflib
-
     metrics = available_metrics()
     if name in metrics:
         return metrics[name]
     if name.replace("-", "_") in metrics:  # `clip-score` as the command spells it
         return metrics[name.replace("-", "_")]
-    close = difflib.get_close_matches(name.replace("-", "_"), list(metrics), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name.replace("-", "_"), metrics)
     raise SpmctlError(f"unknown metric {name!r}{hint}; known: {', '.join(sorted(metrics))}")
 
 

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpmctlError, config_error, one_line
+from ..errors import SpmctlError, config_error, did_you_mean, one_line
 from .base import LoadOptions, ModelBundle, ModelProbe, read_json
 
 HOOK = "register_families"
@@ -34,11 +34,8 @@ def get_family(name: str, key: str = "pretrained_model.family") -> Any:
     table = families()
     if name in table:
         return table[name]
-    import difflib
-
-    close = difflib.get_close_matches(name, list(table), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise config_error(f"{key} {name!r}: unknown model family{hint}; known: {', '.join(sorted(table))}")
+    known = ", ".join(sorted(table))
+    raise config_error(f"{key} {name!r}: unknown model family{did_you_mean(name, table)}; known: {known}")
 
 
 def tiny_names() -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 
 from ..config.train import Train
-from ..errors import SpmctlError, config_error, one_line
+from ..errors import SpmctlError, config_error, did_you_mean, one_line
 
 # optimizer_type -> (module, attribute, pip extra or package that provides it)
 _OPTIONAL = {
@@ -43,10 +42,8 @@ def check_optimizer_args(train: Train) -> None:
                 if name not in ("self", "params", "lr") and p.kind is not p.VAR_KEYWORD]
     for key in train.optimizer_args:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise config_error(f"train.optimizer_args: {cls.__name__} has no option {key!r}"
-                               f"{hint}; it accepts {', '.join(accepted)}")
+                               f"{did_you_mean(key, accepted)}; it accepts {', '.join(accepted)}")
     _build(cls, [torch.zeros(1, requires_grad=True)], train)
 
 
