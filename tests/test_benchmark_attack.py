@@ -113,3 +113,19 @@ def test_under_torchrun_ranks_share_the_attacks(uda_run, tmp_path: Path, canvas_
     assert sum(n for _, n in calls) == sum(n for _, n in uda_run["judged"])
     assert len(list((out / "attack" / "cat" / "prompts").glob("*.json"))) == 4
     assert done.stdout.count("benchmark unlearndiffatk") == 1  # one report, from rank 0
+
+
+def test_a_judge_that_cannot_judge_is_refused_before_any_training(tmp_path: Path, canvas_env, prompts_dir: Path):
+    """An unknown classifier, or one without the task's concept: one line, exit 2, nothing written."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "church.csv").write_text("prompt,seed\na church on a hill,0\n")
+    cases = [(prompts_dir, "cat", "nosuch", "--classifier 'nosuch': no such file or plugin classifier"),
+             (tmp_path / "prompts", "church", "parity", "--classifier 'parity' has no label for concept 'church'")]
+    for folder, task, classifier, said in cases:
+        out = tmp_path / f"run-{task}"
+        refused = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--tasks", task,
+                             "--prompts-dir", str(folder), "--classifier", classifier, "--device", "cpu",
+                             "--devices", "cpu", env=canvas_env)
+        assert refused.returncode == 2, refused.stderr
+        assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        assert not out.exists()

@@ -63,7 +63,10 @@ def _label_in(classifier: Any, concept: str) -> str | None:
         return None
 
 
-def make_judge(concept: str, classifier: str | None, nudity_threshold: float, device: str = "cpu") -> Any:
+def make_judge(concept: str, classifier: str | None, nudity_threshold: float, device: str = "cpu",
+               load: bool = True) -> Any:
+    """The judge of `concept`'s images; `load=False` checks the choice without loading a checkpoint
+    (None then), for a command that checks its inputs before hours of other work."""
     from ..eval.classifiers import plugin_classifiers, resolve_classifier
     from ..eval.unlearncanvas import resolve_concept
 
@@ -85,7 +88,7 @@ def make_judge(concept: str, classifier: str | None, nudity_threshold: float, de
             raise ConfigError(f"concept {concept!r} is no UnlearnCanvas style or object, which the "
                               f"checkpoint {classifier} classifies")
         kind, label = resolved
-        return ClassifierJudge(resolve_classifier(classifier, kind, device), label)
+        return ClassifierJudge(resolve_classifier(classifier, kind, device), label) if load else None
     if concept.strip().casefold() in NUDITY:
         return NudityJudge(nudity_threshold)
     for name in sorted(registered):

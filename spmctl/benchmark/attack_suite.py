@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import config_error
-from .suites import Options, _percent
+from .suites import Options, _percent, inputs_checked
 
 # task -> (template, concept the membrane erases and the judge looks for)
 TASKS = {
@@ -39,8 +39,14 @@ class UnlearnDiffAtkSuite:
     average = False  # the papers report each task apart
 
     def check(self, opts: Options) -> None:
-        for task, _template, _concept in self.tasks(opts):
+        """Each task's prompts and judge, before any training: a missing prompt file or a classifier
+        that is unknown or lacks the concept would otherwise stop the run after the membranes are trained."""
+        from ..attack.verdict import make_judge
+
+        for task, _template, concept in self.tasks(opts):
             self.prompts_file(opts, task)
+            with inputs_checked():
+                make_judge(concept, self.classifier(opts, task), 0.5, load=False)
 
     def tasks(self, opts: Options) -> list[tuple[str, str, str]]:
         """(task, template, concept) per task: a known task's, else the text as a concept."""
