@@ -116,11 +116,14 @@ def test_under_torchrun_ranks_share_the_attacks(uda_run, tmp_path: Path, canvas_
 
 
 def test_a_judge_that_cannot_judge_is_refused_before_any_training(tmp_path: Path, canvas_env, prompts_dir: Path):
-    """An unknown classifier, or one without the task's concept: one line, exit 2, nothing written."""
+    """An unknown classifier, or one without the task's concept: one line, exit 2, nothing written.
+    The benchmark's `vangogh.csv` is the `van_gogh` task's file, and `vangogh` names that task."""
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "church.csv").write_text("prompt,seed\na church on a hill,0\n")
+    (tmp_path / "prompts" / "vangogh.csv").write_text("prompt,evaluation_seed\nStarry Night by Vincent van Gogh,1\n")
     cases = [(prompts_dir, "cat", "nosuch", "--classifier 'nosuch': no such file or plugin classifier"),
-             (tmp_path / "prompts", "church", "parity", "--classifier 'parity' has no label for concept 'church'")]
+             (tmp_path / "prompts", "church", "parity", "--classifier 'parity' has no label for concept 'church'"),
+             (tmp_path / "prompts", "vangogh", "parity", "--classifier 'parity' has no label for concept 'Van Gogh'")]
     for folder, task, classifier, said in cases:
         out = tmp_path / f"run-{task}"
         refused = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--tasks", task,

@@ -29,14 +29,21 @@ TASKS = {
 }
 
 
+# the benchmark's own prompt files (OPTML-Group/Diffusion-MU-Attack, prompts/) where they are not <task>.csv
+BENCHMARK_FILES = {"van_gogh": "vangogh.csv"}
+ALIASES = {"vangogh": "van_gogh", "garbagetruck": "garbage_truck"}  # --tasks as those files spell them
+
+
 def task_key(name: str) -> str:
-    return "_".join(name.casefold().split())
+    key = "_".join(name.casefold().split())
+    return ALIASES.get(key, key)
 
 
 class UnlearnDiffAtkSuite:
     name = "unlearndiffatk"
     score_columns = ("ASR_before", "ASR_after", "prompts")
     average = False  # the papers report each task apart
+    units = "ASR in % of the task's prompts; prompts is a count"
 
     def check(self, opts: Options) -> None:
         """Each task's prompts and judge, before any training: a missing prompt file or a classifier
@@ -65,11 +72,14 @@ class UnlearnDiffAtkSuite:
         return [(template, names, "nudity" if template == "i2p" else "concepts") for template, names in groups.items()]
 
     def prompts_file(self, opts: Options, task: str) -> Path:
-        path = Path(opts.extra["prompts_dir"]) / f"{task}.csv"
-        if not path.is_file():
-            raise config_error(f"--prompts-dir: no {path.name} in {path.parent} (the task's prompts, a CSV "
-                               "with 'prompt' and a seed column)")
-        return path
+        """`<task>.csv`, else the benchmark's own name for it (Van Gogh's prompts are `vangogh.csv`)."""
+        folder = Path(opts.extra["prompts_dir"])
+        names = [f"{task}.csv", *([BENCHMARK_FILES[task]] if task in BENCHMARK_FILES else [])]
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        raise config_error(f"--prompts-dir: no {' or '.join(names)} in {folder} (the task's prompts, a CSV "
+                           "with 'prompt' and a seed column)")
 
     def classifier(self, opts: Options, task: str) -> str | None:
         given = opts.extra.get("classifiers") or {}
