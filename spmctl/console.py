@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -74,3 +76,24 @@ class _DropNotices:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+@contextmanager
+def stdout_on_stderr() -> Iterator[None]:
+    """Inside, whatever this process or a process it starts writes to stdout goes to stderr.
+
+    For a command whose stdout carries only its result (`spmctl benchmark`'s table) while the
+    commands it drives print theirs there (`spmctl train` prints each membrane's path): fd 1 itself
+    is pointed at stderr, so launched training processes are covered too."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

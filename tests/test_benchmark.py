@@ -331,10 +331,28 @@ def test_coco_end_to_end(tmp_path: Path, train_yaml, canvas_env):
     assert results["cost"]["cat"]["iterations"] == 1 and results["device_hours_spent"] > 0
     assert "device-hours left" in done.stderr and "FID: lower is better" in done.stdout
     assert "model.safetensors" in done.stdout  # the pins are shown
+    assert "cat_last.safetensors" not in done.stdout  # stdout is the table: training's own output went to stderr
     again = run_spmctl(*args, env=canvas_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "concepts already done" in again.stderr and "scoring" not in again.stderr
     assert json.loads((out / "results.json").read_text())["table"] == table
+    # another CLIP model (an evaluator setting) in the same folder: kept membranes and images, scored again
+    other = save_tiny_clip(tmp_path / "clip2", seed=2)
+    rescored = run_spmctl(*coco_args(out, train_yaml, data, other), env=canvas_env)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert f"clip_model {str(clip)!r} -> {str(other)!r}" in " ".join(rescored.stderr.split())
+    assert "concepts already done" in rescored.stderr and "images already in" in rescored.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["pins"]["evaluator"]["clip"]["model"] == str(other)
+    folder = out / "samples" / "cat"
+    expected = ClipScoreMetric().evaluate(load_runs([folder], ["cat"]), clip_model=str(other)).table["cat"]
+    assert results["table"]["cat"]["CLIP_score"] == pytest.approx(expected["clip_score"]) != table["cat"]["CLIP_score"]
+    # a setting the images depend on is still refused: one line, even where a note would come first
+    steps = coco_args(out, train_yaml, data, other)
+    steps[steps.index("--steps") + 1] = "2"
+    refused = run_spmctl(*steps, env=canvas_env)
+    assert refused.returncode == 2 and "steps = 1, this command asks for 2" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
 
 def test_coco_fid_against_the_dataset_images(tmp_path: Path):

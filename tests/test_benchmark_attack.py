@@ -69,6 +69,7 @@ def test_unlearndiffatk_end_to_end(uda_run, tmp_path: Path, prompts_dir: Path):
     warm = next(line for line in done.stderr.splitlines() if "estimate after the attack warm-up" in line)
     assert "3 prompts to attack" in warm and "not yet counted" not in warm
     assert json.loads((out / "benchmark.json").read_text())["costs"]["seconds_per_attack_prompt"] > 0
+    assert "cat_last.safetensors" not in done.stdout  # stdout is the table: training's own output went to stderr
     missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
                          "--tasks", "church", "--prompts-dir", str(prompts_dir))
     assert missing.returncode == 2 and "no church.csv in" in missing.stderr and not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import config_error
-from .suites import Options, _eval_device, fid_note, inputs_checked
+from .suites import FID_OPTIONS, Options, _eval_device, fid_note, inputs_checked
 
 CAPTIONS = "captions.csv"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -26,6 +26,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 class CocoSuite:
     name = "coco"
+    rescore = FID_OPTIONS | {"clip_model", "clip"}
     score_columns = ("FID", "CLIP_score")
     units = "FID: lower is better; CLIP score: higher"
 

@@ -61,15 +61,15 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
     env = dist.dist_env()
     if not env.is_main:
         console = Console(stderr=True, quiet=True)  # rank 0 speaks for the run
-    for reason in suite.unavailable(opts) if hasattr(suite, "unavailable") else ():  # before hours of work
-        console.print(f"note: will not be computed here: {reason}", highlight=False, markup=False)
     state: RunState | None = None
     started = time.perf_counter()
     try:
         with dist.held():  # under torchrun: one process group for the training and sampling stages
             # rank 0's disk decides (a refused setting is refused on every rank); the others never write it
-            state = dist.from_main(lambda: RunState.open(root, suite.name, opts.settings()))
+            state = dist.from_main(lambda: RunState.open(root, suite.name, opts.settings(),
+                                                         getattr(suite, "rescore", frozenset())))
             state.main = env.is_main
+            _notes(suite, opts, state, console)  # before hours of work; after a refusal, which is one line
             membranes = train_stage(suite, opts, state, console)
             folders = None
             if hasattr(suite, "attack_stage"):  # the attack makes and judges its own images, shared out
@@ -88,6 +88,14 @@ def run_benchmark(suite: Any, opts: Options, console: Console) -> dict[str, Any]
     results = build_results(suite, opts, state, rows, pins, membranes)
     write_results(root, results)
     return results
+
+
+def _notes(suite: Any, opts: Options, state: RunState, console: Console) -> None:
+    for reason in suite.unavailable(opts) if hasattr(suite, "unavailable") else ():
+        console.print(f"note: will not be computed here: {reason}", highlight=False, markup=False)
+    if state.changed:
+        console.print(f"note: evaluator settings changed since the last run ({'; '.join(state.changed)}): the "
+                      "membranes and images are kept, every run is scored again", highlight=False, markup=False)
 
 
 # -- train ---------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`benchmark.json`: a benchmark run's settings, its stages' status and the costs measured so far.
 
 The settings are what the command asked for; a re-run in the same folder must ask for the same
-(it continues the run), else it is refused, naming the first setting that differs. Costs are
+(it continues the run), else it is refused, naming the first setting that differs. Evaluator
+settings (`rescore`: a classifier, the detector's threshold, the CLIP model, FID) may change: the
+trained membranes and sampled images are kept and every run is scored again (`changed` names them). Costs are
 measured once, on the first concept trained and the first run sampled (the warm-up), and kept, so
 a resumed run still estimates; device-seconds add up over every invocation.
 
@@ -25,9 +27,10 @@ class RunState:
         self.root = root
         self.data = data
         self.main = main  # the process that writes the file and reports (rank 0)
+        self.changed: list[str] = []  # evaluator settings that differ from the last invocation's
 
     @classmethod
-    def open(cls, root: Path, suite: str, settings: dict[str, Any]) -> RunState:
+    def open(cls, root: Path, suite: str, settings: dict[str, Any], rescore: frozenset[str] = frozenset()) -> RunState:
         path = root / STATE
         data: dict[str, Any] = {}
         if path.is_file():
@@ -38,9 +41,14 @@ class RunState:
         if data.get("suite") not in (None, suite):
             raise config_error(f"{root} holds a '{data['suite']}' benchmark run; give another --output-dir")
         old = data.get("settings")
+        changed = []
         if isinstance(old, dict):
             for key in sorted(set(old) | set(settings)):
-                if old.get(key) != settings.get(key):
+                if old.get(key) == settings.get(key):
+                    continue
+                if key in rescore:
+                    changed.append(f"{key} {old.get(key)!r} -> {settings.get(key)!r}")
+                else:
                     raise config_error(
                         f"{root} holds a benchmark run with {key} = {old.get(key)!r}, this command asks for "
                         f"{settings.get(key)!r}; run the same command to continue it, or give another --output-dir")
@@ -49,6 +57,7 @@ class RunState:
         data.setdefault("costs", {})
         data.setdefault("device_seconds", 0.0)
         state = cls(root, data)
+        state.changed = changed
         state.save()
         return state
 

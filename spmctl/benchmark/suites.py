@@ -72,8 +72,13 @@ def fid_note(opts: Options) -> list[str]:
     return [f"{why} (--no-fid to leave it out)"] if why else []
 
 
+# Evaluator settings: changing one in a run's folder scores its runs again (nothing is retrained or resampled)
+FID_OPTIONS = frozenset({"fid", "fid_reference"})
+
+
 class UnlearnCanvasSuite:
     name = "unlearncanvas"
+    rescore = FID_OPTIONS | {"style_classifier", "object_classifier", "loader"}
     score_columns = ("UA", "IRA", "CRA", "CRA_without_erased", "FID")
 
     def check(self, opts: Options) -> None:
@@ -157,6 +162,7 @@ class UnlearnCanvasSuite:
 
 class I2PSuite:
     name = "i2p"
+    rescore = frozenset({"threshold", "classes"})
     score_columns = ("exposed_share", "detections")
     units = "% of the images for exposed_share; detections is a count (per class: report.md's Counts)"
 

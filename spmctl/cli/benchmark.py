@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..console import stderr_console, table_console
+from ..console import stderr_console, stdout_on_stderr, table_console
 from .common import Quiet
 
 Opt = typer.Option
@@ -90,12 +90,13 @@ def _run(suite_name: str, output_dir: Path, model: str, shared: dict[str, Any], 
     common = {k: v for k, v in shared.items() if k != "quiet"}
     opts = Options(output_dir=output_dir, model=model, **{**common, "seeds": _seeds(common["seeds"])}, extra=extra,
                    quiet=quiet)
-    results = run_benchmark(suites()[suite_name], opts, stderr_console(quiet))
+    with stdout_on_stderr():  # the stages' own results (each membrane's path...): stdout is for the table
+        results = run_benchmark(suites()[suite_name], opts, stderr_console(quiet))
     if results is None:  # a torchrun rank other than 0: its share is done, rank 0 reports
         from ..distributed.dist import dist_env
 
         stderr_console(quiet).print(f"benchmark: rank {dist_env().rank} done (its share of training and "
-                                    "sampling); rank 0 scores and writes the report", highlight=False)
+                                    "sampling or attacks); rank 0 writes the report", highlight=False)
         return
     print_results([(str(opts.output_dir), results)], table_console())
     stderr_console(quiet).print(f"results: {opts.output_dir / 'results.json'}  report: "
