@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_spmctl
+from conftest import make_spm, run_spmctl
 from PIL import Image
-from test_sample import make_spm
 
 import spmctl
 from spmctl.errors import SpmctlError
@@ -38,17 +37,18 @@ def pipe(tiny_model_dir: Path):
     return pipe
 
 
-def call(pipe, prompts: list[str], per_prompt: int = 1) -> np.ndarray:
+def call(pipe, prompts: list[str], per_prompt: int = 1, **options) -> np.ndarray:
     gens = [torch.Generator().manual_seed(SEED + i) for _ in prompts for i in range(per_prompt)]
     out = pipe(prompts, generator=gens, num_inference_steps=STEPS, width=SIZE, height=SIZE,
-               num_images_per_prompt=per_prompt, output_type="np")
+               num_images_per_prompt=per_prompt, output_type="np", **options)
     return (out.images * 255).round().astype(np.int16)
 
 
-def cli_images(tiny_model_dir: Path, out: Path, spms: list[Path], per_prompt: int = 1) -> dict:
-    args = ["sample", "-m", str(tiny_model_dir), "--seed", str(SEED), "--steps", str(STEPS),
+def cli_images(tiny_model_dir: Path, out: Path, spms: list[Path], per_prompt: int = 1,
+               guidance: float = 7.5, prompts: list[str] = PROMPTS) -> dict:
+    args = ["sample", "-m", str(tiny_model_dir), "--seed", str(SEED), "--steps", str(STEPS), "-g", str(guidance),
             "-W", str(SIZE), "-H", str(SIZE), "--images-per-prompt", str(per_prompt), "-o", str(out), "-q"]
-    for p in PROMPTS:
+    for p in prompts:
         args += ["-p", p]
     for s in spms:
         args += ["--spm", str(s)]
@@ -95,3 +95,60 @@ def test_bad_use_is_one_clear_error(pipe, membranes, tmp_path) -> None:
         pipe(prompt_embeds=torch.zeros(1, 77, pipe.text_encoder.config.hidden_size), num_inference_steps=1,
              width=SIZE, height=SIZE)
     assert "encode_prompt" not in pipe.__dict__  # detached even after the error
+
+
+
+# ---------------------------------------------------------------------------- SDXL, SD3, FLUX
+NEWER = {"sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}  # family -> its built-in tiny model
+GUIDANCE = 5.0  # SDXL/SD3: classifier-free guidance; FLUX: its guidance embedding
+TWO = PROMPTS[:2]  # "a cat" opens the cat membrane, "a dog on a hill" the other one
+
+
+def build_tiny(name: str):
+    from spmctl.families.flux.tiny import build_tiny_flux_pipeline
+    from spmctl.families.sd3.tiny import build_tiny_sd3_pipeline
+    from spmctl.families.sdxl.tiny import build_tiny_sdxl_pipeline
+
+    return {"sdxl": build_tiny_sdxl_pipeline, "sd3": build_tiny_sd3_pipeline, "flux": build_tiny_flux_pipeline}[name]()
+
+
+@pytest.fixture(scope="module", params=list(NEWER))
+def newer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(model folder, the family's diffusers pipeline loaded from it as a user does, two membranes)."""
+    import diffusers
+
+    from spmctl.models.tiny import save_tiny
+
+    name = request.param
+    root = tmp_path_factory.mktemp(f"api-{name}")
+    built = build_tiny(name)
+    folder = save_tiny(built, root / "model")
+    pipe = getattr(diffusers, type(built).__name__).from_pretrained(folder)
+    if name == "sdxl":  # what spmctl sample samples with by default (SD3/FLUX: their own flow scheduler)
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    spms = [make_spm(root / "cat.safetensors", ["cat"], seed=1, model=NEWER[name]),
+            make_spm(root / "dog.safetensors", ["dog", "horse"], seed=2, rank=2, model=NEWER[name])]
+    return folder, pipe, spms
+
+
+@pytest.mark.slow
+def test_sdxl_sd3_flux_pipelines_attached_give_spmctl_sample_images(newer, tmp_path) -> None:
+    """The same as SD 1.x's test on the newer families' own pipelines: images and gates of `spmctl
+    sample`, each prompt's own membrane opened, plain images at gate 0 and after detaching."""
+    folder, pipe, membranes = newer
+    plain = call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE)
+    expected = cli_images(folder, tmp_path / "cli", membranes, per_prompt=2, guidance=GUIDANCE, prompts=TWO)
+    with spmctl.attach(pipe, membranes) as spm:
+        images = call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE)
+        gates = spm.last_gates
+    for p, prompt in enumerate(TWO):
+        for i in range(2):
+            image, file_gates = expected[(prompt, i)]
+            assert np.abs(images[2 * p + i] - image).max() <= 1, (prompt, i)
+            assert gates[p].tolist() == pytest.approx(file_gates, abs=1e-5)
+    assert gates[0, 0] > gates[0, 1] and gates[1, 1] > gates[1, 0]
+    assert np.abs(images - plain).max() > 10  # the membranes changed the images; detached: plain again
+    assert np.array_equal(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE), plain)
+    with spmctl.attach(pipe, membranes, multiplier=0.0):  # both membranes closed
+        assert np.abs(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE) - plain).max() <= 1
