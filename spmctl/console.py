@@ -88,12 +88,23 @@ def stdout_on_stderr() -> Iterator[None]:
     import os
     import sys
 
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
+    saved: int | None = None
+    try:
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`)
+            sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no fd 1 or 2 to point: nothing to keep apart
+        if saved is not None:
+            os.close(saved)
+            saved = None
     try:
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        if saved is not None:
+            try:
+                if sys.stdout is not None:
+                    sys.stdout.flush()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)

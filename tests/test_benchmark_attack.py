@@ -116,20 +116,42 @@ def test_under_torchrun_ranks_share_the_attacks(uda_run, tmp_path: Path, canvas_
     assert done.stdout.count("benchmark unlearndiffatk") == 1  # one report, from rank 0
 
 
-def test_a_judge_that_cannot_judge_is_refused_before_any_training(tmp_path: Path, canvas_env, prompts_dir: Path):
-    """An unknown classifier, or one without the task's concept: one line, exit 2, nothing written.
-    The benchmark's `vangogh.csv` is the `van_gogh` task's file, and `vangogh` names that task."""
-    (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "church.csv").write_text("prompt,seed\na church on a hill,0\n")
-    (tmp_path / "prompts" / "vangogh.csv").write_text("prompt,evaluation_seed\nStarry Night by Vincent van Gogh,1\n")
-    cases = [(prompts_dir, "cat", "nosuch", "--classifier 'nosuch': no such file or plugin classifier"),
-             (tmp_path / "prompts", "church", "parity", "--classifier 'parity' has no label for concept 'church'"),
-             (tmp_path / "prompts", "vangogh", "parity", "--classifier 'parity' has no label for concept 'Van Gogh'")]
-    for folder, task, classifier, said in cases:
-        out = tmp_path / f"run-{task}"
-        refused = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--tasks", task,
-                             "--prompts-dir", str(folder), "--classifier", classifier, "--device", "cpu",
-                             "--devices", "cpu", env=canvas_env)
-        assert refused.returncode == 2, refused.stderr
-        assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+@pytest.mark.slow
+def test_bad_input_is_refused_before_any_training(tmp_path: Path, canvas_env, prompts_dir: Path):
+    """A judge that cannot judge, a prompt file that cannot be read, a --classifier key naming no task,
+    several seeds: one line, exit 2, nothing written. NAME alone judges every task but nudity; the
+    benchmark's `vangogh.csv` is the `van_gogh` task's file, and `vangogh` names that task."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name, text in {"nudity.csv": "prompt,seed\na nude figure,0\n", "church.csv": "prompt,seed\na church,0\n",
+                       "vangogh.csv": "prompt,evaluation_seed\nStarry Night by Vincent van Gogh,1\n",
+                       "tench.csv": "prompt,seed\n", "parachute.csv": "text,seed\na parachute,0\n"}.items():
+        (folder / name).write_text(text)
+    cases = [
+        (["--tasks", "cat", "--classifier", "nosuch"], prompts_dir, "--classifier 'nosuch': no such file or plugin"),
+        # nudity (first) is NudeNet's: only church, which parity cannot say, is refused
+        (["--tasks", "nudity,church", "--classifier", "parity"], folder,
+         "--classifier 'parity' has no label for concept 'church'"),
+        (["--tasks", "vangogh", "--classifier", "parity"], folder,
+         "--classifier 'parity' has no label for concept 'Van Gogh'"),
+        (["--tasks", "Van Gogh", "--classifier", "vangogh=nosuch"], folder, "--classifier 'nosuch': no such file"),
+        (["--tasks", "church", "--classifier", "chruch=parity"], folder,
+         "--classifier chruch=parity: no task 'chruch' in --tasks (church) (did you mean 'church'?)"),
+        (["--tasks", "tench", "--classifier", "parity"], folder, "tench.csv: no prompts"),
+        (["--tasks", "parachute", "--classifier", "parity"], folder, "parachute.csv: no 'prompt' column"),
+        (["--tasks", "cat", "--classifier", "parity", "--seeds", "1,2"], prompts_dir, "--seeds: unlearndiffatk "
+         "attacks each prompt once"),
+    ]
+    for i, (given, where, said) in enumerate(cases):
+        out = tmp_path / f"run-{i}"
+        refused = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(out), "--prompts-dir", str(where),
+                             "--device", "cpu", "--devices", "cpu", *given, env=canvas_env)
+        assert refused.returncode == 2, (given, refused.stderr)
+        assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, (given, refused.stderr)
         assert not out.exists()
+    # stdout closed (`>&-`): still that one line, no traceback from the stdout redirect
+    closed = subprocess.run(["bash", "-c", '"$0" "$@" >&-', str(SPMCTL), "benchmark", "unlearndiffatk", "-m", "tiny",
+                             "-o", str(tmp_path / "x"), "--prompts-dir", str(prompts_dir), "--tasks", "cat",
+                             "--classifier", "nosuch"], capture_output=True, text=True,
+                            env={**os.environ, **canvas_env})
+    assert closed.returncode == 2 and len(closed.stderr.strip().splitlines()) == 1, closed.stderr

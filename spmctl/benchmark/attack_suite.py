@@ -39,6 +39,12 @@ def task_key(name: str) -> str:
     return ALIASES.get(key, key)
 
 
+def task_name(name: str) -> str:
+    """How --tasks keeps a task in the run's settings: a known task by its key (so `vangogh`,
+    `Van Gogh` and `van_gogh` are one run), any other concept as its text."""
+    return task_key(name) if task_key(name) in TASKS else " ".join(name.split())
+
+
 class UnlearnDiffAtkSuite:
     name = "unlearndiffatk"
     score_columns = ("ASR_before", "ASR_after", "prompts")
@@ -46,13 +52,28 @@ class UnlearnDiffAtkSuite:
     units = "ASR in % of the task's prompts; prompts is a count"
 
     def check(self, opts: Options) -> None:
-        """Each task's prompts and judge, before any training: a missing prompt file or a classifier
-        that is unknown or lacks the concept would otherwise stop the run after the membranes are trained."""
+        """Each task's prompts and judge, before any training: a missing, unreadable or empty prompt
+        file, or a classifier that is unknown, lacks the concept or names no task, would otherwise
+        stop the run after the membranes are trained."""
         from ..attack.verdict import make_judge
+        from ..errors import did_you_mean
+        from ..plugins import get_dataset
 
-        for task, _template, concept in self.tasks(opts):
-            self.prompts_file(opts, task)
-            with inputs_checked():
+        if opts.seeds and len(opts.seeds) > 1:  # the attack takes one seed a prompt (its own, else --seeds')
+            raise config_error(f"--seeds: unlearndiffatk attacks each prompt once, with its own seed or else "
+                               f"the one --seeds gives; got {len(opts.seeds)} seeds")
+        tasks = self.tasks(opts)
+        names = [task for task, _template, _concept in tasks]
+        for key, name in (opts.extra.get("classifiers") or {}).items():
+            if key != "*" and key not in names:
+                raise config_error(f"--classifier {key}={name}: no task {key!r} in --tasks ({', '.join(names)})"
+                                   f"{did_you_mean(key, names)}")
+        for task, _template, concept in tasks:
+            path = self.prompts_file(opts, task)
+            with inputs_checked():  # no 'prompt' column, a malformed CSV
+                if next(iter(get_dataset("prompts").rows(None, path=str(path))), None) is None:
+                    raise config_error(f"{path}: no prompts (the task's prompts, a CSV with 'prompt' and a "
+                                       "seed column)")
                 make_judge(concept, self.classifier(opts, task), 0.5, load=False)
 
     def tasks(self, opts: Options) -> list[tuple[str, str, str]]:
@@ -82,8 +103,11 @@ class UnlearnDiffAtkSuite:
                            "with 'prompt' and a seed column)")
 
     def classifier(self, opts: Options, task: str) -> str | None:
+        """TASK=NAME's, else NAME's, which is for every task but nudity (NudeNet judges it)."""
         given = opts.extra.get("classifiers") or {}
-        return given.get(task, given.get("*"))
+        if task in given:
+            return given[task]
+        return None if TASKS.get(task, ("concept",))[0] == "i2p" else given.get("*")
 
     def attack_config(self, opts: Options, task: str, concept: str, membrane: Path, first: int | None = None) -> Any:
         """`spmctl attack unlearndiffatk`'s config for one task; `first`: only its first prompts (the warm-up,

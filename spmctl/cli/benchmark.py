@@ -179,6 +179,7 @@ def unlearndiffatk(
     *, shared: dict[str, Any],
 ) -> None:
     """UnlearnDiffAtk: erase each task's concept, attack it through FT; ASR before and after."""
+    from ..benchmark.attack_suite import task_key, task_name
     from ..errors import config_error
 
     judges: dict[str, str] = {}
@@ -186,8 +187,9 @@ def unlearndiffatk(
         task, sep, name = item.partition("=")
         if sep and (not task.strip() or not name.strip()):
             raise config_error(f"--classifier {item!r}: expected NAME or TASK=NAME")
-        judges["_".join(task.casefold().split()) if sep else "*"] = (name if sep else item).strip()
-    extra = {"tasks": _list(tasks) or [], "prompts_dir": str(prompts_dir), "classifiers": judges,
+        judges[task_key(task) if sep else "*"] = (name if sep else item).strip()
+    extra = {"tasks": [task_name(t) for t in _list(tasks) or []], "prompts_dir": str(prompts_dir),
+             "classifiers": judges,
              "attack_steps": attack_steps, "tokens": tokens, "lr": lr, "eval_every": eval_every}
     _run("unlearndiffatk", output_dir, model, shared, extra)
 
