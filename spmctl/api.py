@@ -18,6 +18,7 @@ whose pipeline class it is.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ class Membranes:
             self.gates([""])  # a wrong number of multipliers fails here, not inside the first call
         self._stack = MembraneStack(self.model, self.spms, compat)
         self._encode_prompt = pipe.encode_prompt
+        self._encode_signature = inspect.signature(self._encode_prompt)
+        # Gates come from a call's first encoding: FluxPipeline encodes its negative prompt in a second
+        # encode_prompt call (true CFG), whose gates must not replace the prompt's. Each call of a
+        # diffusers pipeline runs check_inputs first, which marks the next encoding as the call's.
+        self._fresh = True
+        self._check_inputs = getattr(pipe, "check_inputs", None)
+        if self._check_inputs is not None:
+            pipe.check_inputs = self._new_call
         pipe.encode_prompt = self._gated_encode_prompt  # the instance attribute wins over the method
 
     def gates(self, prompts: Sequence[str]) -> Any:
@@ -73,8 +82,17 @@ class Membranes:
                          multiplier=self.multiplier, metric=self.ft_metric,
                          factor=self.facilitate_factor, compat=self.compat)
 
+    def _new_call(self, *args: Any, **kwargs: Any) -> Any:
+        self._fresh = True
+        return self._check_inputs(*args, **kwargs)
+
     def _gated_encode_prompt(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
-        num_images = args[1] if len(args) > 1 else kwargs.get("num_images_per_prompt", 1)
+        if not self._fresh:  # the same call's negative prompt: the membranes keep the prompt's gates
+            return self._encode_prompt(prompt, *args, **kwargs)
+        self._fresh = self._check_inputs is None
+        # SD 1.x's pipeline passes num_images_per_prompt by position, SDXL's, SD3's and FLUX's by name
+        bound = self._encode_signature.bind(prompt, *args, **kwargs).arguments
+        num_images = bound.get("num_images_per_prompt", 1)
         if isinstance(prompt, str):
             prompts = [prompt]
         elif prompt is not None:
@@ -97,8 +115,9 @@ class Membranes:
             return
         self._stack.close()
         self._stack = None
-        if self.pipe.__dict__.get("encode_prompt") == self._gated_encode_prompt:
-            del self.pipe.encode_prompt
+        for name, ours in (("encode_prompt", self._gated_encode_prompt), ("check_inputs", self._new_call)):
+            if self.pipe.__dict__.get(name) == ours:
+                delattr(self.pipe, name)
 
     def __enter__(self) -> Membranes:
         return self

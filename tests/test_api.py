@@ -152,3 +152,15 @@ def test_sdxl_sd3_flux_pipelines_attached_give_spmctl_sample_images(newer, tmp_p
     assert np.array_equal(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE), plain)
     with spmctl.attach(pipe, membranes, multiplier=0.0):  # both membranes closed
         assert np.abs(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE) - plain).max() <= 1
+
+
+def test_a_negative_prompt_does_not_take_the_prompts_gates(newer) -> None:
+    """A negative prompt is encoded too (FluxPipeline's true CFG: in a second encode_prompt call);
+    the membranes keep the prompts' gates. The negatives here are the prompts swapped, so gates
+    taken from them would open the other membrane."""
+    _, pipe, membranes = newer
+    true_cfg = {"true_cfg_scale": 2.0} if type(pipe).__name__ == "FluxPipeline" else {}
+    with spmctl.attach(pipe, membranes) as spm:
+        call(pipe, TWO, negative_prompt=TWO[::-1], guidance_scale=GUIDANCE, **true_cfg)
+        assert spm.last_gates.tolist() == spm.gates(TWO).tolist()
+    assert "check_inputs" not in pipe.__dict__ and "encode_prompt" not in pipe.__dict__  # detached
