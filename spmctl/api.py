@@ -11,9 +11,11 @@
 While attached, every call of the pipeline scores its text prompts against each membrane's
 erased concepts (the same FT gates as `spmctl sample`) and opens each membrane that far for that
 prompt's images; with `multiplier=` the gates are fixed instead. It works with the pipelines of the
-model families that can take one (`ModelFamily.bundle_from_pipeline`; SD 1.x/2.x: anything whose
-`__call__` goes through `encode_prompt` and `unet`). `family=` names the family; by default the one
-whose pipeline class it is.
+model families that can take one (`ModelFamily.bundle_from_pipeline`): StableDiffusionPipeline,
+StableDiffusionXLPipeline, StableDiffusion3Pipeline and FluxPipeline, each tested against `spmctl
+sample`'s images (tests/test_api.py; the README's "Python API" says which call settings give them).
+It hooks `encode_prompt` (the gates) and `check_inputs` (a new call). `family=` names the family; by
+default the one whose pipeline class it is.
 """
 
 from __future__ import annotations
