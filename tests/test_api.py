@@ -45,13 +45,14 @@ def call(pipe, prompts: list[str], per_prompt: int = 1, **options) -> np.ndarray
 
 
 def cli_images(tiny_model_dir: Path, out: Path, spms: list[Path], per_prompt: int = 1,
-               guidance: float = 7.5, prompts: list[str] = PROMPTS) -> dict:
+               guidance: float = 7.5, prompts: list[str] = PROMPTS, options: list[str] | None = None) -> dict:
     args = ["sample", "-m", str(tiny_model_dir), "--seed", str(SEED), "--steps", str(STEPS), "-g", str(guidance),
             "-W", str(SIZE), "-H", str(SIZE), "--images-per-prompt", str(per_prompt), "-o", str(out), "-q"]
     for p in prompts:
         args += ["-p", p]
     for s in spms:
         args += ["--spm", str(s)]
+    args += options or []
     proc = run_spmctl(*args)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -114,7 +115,7 @@ def build_tiny(name: str):
 
 @pytest.fixture(scope="module", params=list(NEWER))
 def newer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """(model folder, the family's diffusers pipeline loaded from it as a user does, two membranes)."""
+    """(family, model folder, the family's diffusers pipeline loaded from it as a user does, two membranes)."""
     import diffusers
 
     from spmctl.models.tiny import save_tiny
@@ -123,22 +124,24 @@ def newer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp(f"api-{name}")
     built = build_tiny(name)
     folder = save_tiny(built, root / "model")
-    pipe = getattr(diffusers, type(built).__name__).from_pretrained(folder)
-    if name == "sdxl":  # what spmctl sample samples with by default (SD3/FLUX: their own flow scheduler)
-        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = getattr(diffusers, type(built).__name__).from_pretrained(folder)  # with its own scheduler
     pipe.set_progress_bar_config(disable=True)
     spms = [make_spm(root / "cat.safetensors", ["cat"], seed=1, model=NEWER[name]),
             make_spm(root / "dog.safetensors", ["dog", "horse"], seed=2, rank=2, model=NEWER[name])]
-    return folder, pipe, spms
+    return name, folder, pipe, spms
 
 
 @pytest.mark.slow
 def test_sdxl_sd3_flux_pipelines_attached_give_spmctl_sample_images(newer, tmp_path) -> None:
     """The same as SD 1.x's test on the newer families' own pipelines: images and gates of `spmctl
-    sample`, each prompt's own membrane opened, plain images at gate 0 and after detaching."""
-    folder, pipe, membranes = newer
+    sample`, each prompt's own membrane opened, plain images at gate 0 and after detaching. Each
+    pipeline keeps its own scheduler: SD3's and FLUX's flow-matching Euler is what spmctl samples them
+    with anyway; SDXL's (Euler) is `--noise-scheduler model` (its DDIM default: test_sdxl.py)."""
+    name, folder, pipe, membranes = newer
     plain = call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE)
-    expected = cli_images(folder, tmp_path / "cli", membranes, per_prompt=2, guidance=GUIDANCE, prompts=TWO)
+    own = ["--noise-scheduler", "model"] if name == "sdxl" else []
+    expected = cli_images(folder, tmp_path / "cli", membranes, per_prompt=2, guidance=GUIDANCE, prompts=TWO,
+                          options=own)
     with spmctl.attach(pipe, membranes) as spm:
         images = call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE)
         gates = spm.last_gates
@@ -158,7 +161,7 @@ def test_a_negative_prompt_does_not_take_the_prompts_gates(newer) -> None:
     """A negative prompt is encoded too (FluxPipeline's true CFG: in a second encode_prompt call);
     the membranes keep the prompts' gates. The negatives here are the prompts swapped, so gates
     taken from them would open the other membrane."""
-    _, pipe, membranes = newer
+    _, _, pipe, membranes = newer
     true_cfg = {"true_cfg_scale": 2.0} if type(pipe).__name__ == "FluxPipeline" else {}
     with spmctl.attach(pipe, membranes) as spm:
         call(pipe, TWO, negative_prompt=TWO[::-1], guidance_scale=GUIDANCE, **true_cfg)
