@@ -69,11 +69,14 @@ class Membranes:
         self._encode_signature = inspect.signature(self._encode_prompt)
         # Gates come from a call's first encoding: FluxPipeline encodes its negative prompt in a second
         # encode_prompt call (true CFG), whose gates must not replace the prompt's. Each call of a
-        # diffusers pipeline runs check_inputs first, which marks the next encoding as the call's.
+        # diffusers pipeline runs check_inputs first, which marks the next encoding as the call's; so
+        # does a denoiser pass (the call's encodings are over), so that an encode_prompt of the user's
+        # own after a call sets the gates again.
         self._fresh = True
         self._check_inputs = getattr(pipe, "check_inputs", None)
         if self._check_inputs is not None:
             pipe.check_inputs = self._new_call
+        self._denoised = self.model.denoiser.register_forward_pre_hook(self._encodings_over)
         pipe.encode_prompt = self._gated_encode_prompt  # the instance attribute wins over the method
 
     def gates(self, prompts: Sequence[str]) -> Any:
@@ -87,6 +90,9 @@ class Membranes:
     def _new_call(self, *args: Any, **kwargs: Any) -> Any:
         self._fresh = True
         return self._check_inputs(*args, **kwargs)
+
+    def _encodings_over(self, *_: Any) -> None:
+        self._fresh = True
 
     def _gated_encode_prompt(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
         if not self._fresh:  # the same call's negative prompt: the membranes keep the prompt's gates
@@ -117,6 +123,7 @@ class Membranes:
             return
         self._stack.close()
         self._stack = None
+        self._denoised.remove()
         for name, ours in (("encode_prompt", self._gated_encode_prompt), ("check_inputs", self._new_call)):
             if self.pipe.__dict__.get(name) == ours:
                 delattr(self.pipe, name)

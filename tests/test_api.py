@@ -166,4 +166,8 @@ def test_a_negative_prompt_does_not_take_the_prompts_gates(newer) -> None:
     with spmctl.attach(pipe, membranes) as spm:
         call(pipe, TWO, negative_prompt=TWO[::-1], guidance_scale=GUIDANCE, **true_cfg)
         assert spm.last_gates.tolist() == spm.gates(TWO).tolist()
+        # the user's own encode_prompt after a call is a new encoding: its prompts' gates
+        others = {"prompt_2": None, "prompt_3": None} if type(pipe).__name__ == "StableDiffusion3Pipeline" else {}
+        pipe.encode_prompt(TWO[::-1], **others)
+        assert spm.last_gates.tolist() == spm.gates(TWO[::-1]).tolist()
     assert "check_inputs" not in pipe.__dict__ and "encode_prompt" not in pipe.__dict__  # detached
