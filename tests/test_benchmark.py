@@ -182,7 +182,7 @@ def test_under_torchrun_ranks_share_the_images_and_rank_0_alone_scores(tmp_path:
 
 
 @pytest.mark.slow
-def test_mismatched_pins_are_refused(tmp_path: Path, uc_run, train_yaml):
+def test_mismatched_pins_are_refused(tmp_path: Path, uc_run, train_yaml, canvas_env):
     out = uc_run[0]
     other = tmp_path / "other"
     other.mkdir()
@@ -199,7 +199,7 @@ def test_mismatched_pins_are_refused(tmp_path: Path, uc_run, train_yaml):
     # continuing a run with other settings is refused too, before anything is touched
     args = uc_args(out, train_yaml)
     args[args.index("--steps") + 1] = "2"
-    again = run_spmctl(*args)
+    again = run_spmctl(*args, env=canvas_env)  # its classifiers are there: the settings are what differs
     assert again.returncode == 2 and "steps = 1, this command asks for 2" in again.stderr
 
 
