@@ -71,7 +71,8 @@ def write_train_config(path: Path, base: dict | None = None, **overrides) -> Pat
 # The longest modules (most time first, measured with --durations), run first: with `-n auto` a
 # module's tests stay on one worker, and a long module scheduled last would leave the other workers
 # idle while it finishes (test_training.py, the longest, is also last by name).
-LONGEST_MODULES_FIRST = ("test_training.py", "test_outputs.py", "test_distributed.py", "test_attack.py")
+LONGEST_MODULES_FIRST = ("test_training.py", "test_outputs.py", "test_distributed.py", "test_attack.py",
+                         "test_benchmark.py", "test_api.py", "test_benchmark_attack.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
