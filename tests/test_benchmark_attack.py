@@ -70,6 +70,7 @@ def test_unlearndiffatk_end_to_end(uda_run, tmp_path: Path, prompts_dir: Path):
     assert "3 prompts to attack" in warm and "not yet counted" not in warm
     assert json.loads((out / "benchmark.json").read_text())["costs"]["seconds_per_attack_prompt"] > 0
     assert "cat_last.safetensors" not in done.stdout  # stdout is the table: training's own output went to stderr
+    assert "ASR in % of the task's prompts; prompts is a count (per task)." in (out / "report.md").read_text()
     missing = run_spmctl("benchmark", "unlearndiffatk", "-m", "tiny", "-o", str(tmp_path / "x"),
                          "--tasks", "church", "--prompts-dir", str(prompts_dir))
     assert missing.returncode == 2 and "no church.csv in" in missing.stderr and not (tmp_path / "x").exists()
@@ -155,3 +156,21 @@ def test_bad_input_is_refused_before_any_training(tmp_path: Path, canvas_env, pr
                              "--classifier", "nosuch"], capture_output=True, text=True,
                             env={**os.environ, **canvas_env})
     assert closed.returncode == 2 and len(closed.stderr.strip().splitlines()) == 1, closed.stderr
+
+
+def test_published_rows_are_those_of_the_tasks_attacked():
+    """Beside a run of church, the published church rows (SPM 44 -> 94, AdvUnlearn 0 -> 6) and no
+    other task's; beside a concept no benchmark task has, every row, as reference points."""
+    from spmctl.benchmark.attack_suite import UnlearnDiffAtkSuite
+    from spmctl.benchmark.published import published_rows
+    from spmctl.benchmark.suites import Options
+
+    rows = published_rows("unlearndiffatk")
+    church = UnlearnDiffAtkSuite().published(Options(output_dir=Path("x"), model="tiny", extra={"tasks": ["church"]}),
+                                             rows)
+    assert sorted((r["method"], r["task"], r["ASR_before"], r["ASR_after"]) for r in church) == [
+        ("AdvUnlearn", "church", 0.0, 6.0), ("SPM", "church", 44.0, 94.0)]
+    anything = UnlearnDiffAtkSuite().published(Options(output_dir=Path("x"), model="tiny", extra={"tasks": ["a cat"]}),
+                                               rows)
+    assert anything == rows and len({r["task"] for r in rows}) == 6
+

@@ -50,6 +50,7 @@ class UnlearnDiffAtkSuite:
     score_columns = ("ASR_before", "ASR_after", "prompts")
     average = False  # the papers report each task apart
     units = "ASR in % of the task's prompts; prompts is a count"
+    row_kind = "task"
 
     def check(self, opts: Options) -> None:
         """Each task's prompts and judge, before any training: a missing, unreadable or empty prompt
@@ -184,6 +185,12 @@ class UnlearnDiffAtkSuite:
             total = sum(1 for _ in get_dataset("prompts").rows(None, path=str(self.prompts_file(opts, task))))
             left += max(0, total - _finished(opts.output_dir / "attack" / task))
         return left
+
+    def published(self, opts: Options, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The published rows of the tasks this run attacks; all of them when it attacks none of the
+        benchmark's (any concept text), as the field's reference points."""
+        run = {task for task, _template, _concept in self.tasks(opts)}
+        return [row for row in rows if row.get("task") in run] or rows
 
     def package_pins(self) -> tuple[str, ...]:
         return ("nudenet",)

@@ -47,7 +47,9 @@ def build_results(suite: Any, opts: Any, state: Any, rows: dict[str, dict[str, A
         "peak_memory_mib": peak,
         "costs_measured": state.costs,
         "pins": pins,
-        "published": published_rows(suite.name),
+        "published": suite.published(opts, published_rows(suite.name)) if hasattr(suite, "published")
+        else published_rows(suite.name),
+        "row_kind": getattr(suite, "row_kind", "run"),
     }
 
 
@@ -103,7 +105,8 @@ def markdown(results: dict[str, Any]) -> str:
     cols = results["score_columns"]
     units = results.get("units", UNITS)
     average = "; the average is over the erased concepts" if AVERAGE in results["table"] else ""
-    lines = [f"# spmctl benchmark {results['suite']}", "", f"{units[0].upper()}{units[1:]} (per run{average}).", "",
+    per = f"per {results.get('row_kind', 'run')}{average}"
+    lines = [f"# spmctl benchmark {results['suite']}", "", f"{units[0].upper()}{units[1:]} ({per}).", "",
              "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in score_lines(results)]
     details = detail_columns(results)

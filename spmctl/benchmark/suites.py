@@ -164,7 +164,7 @@ class I2PSuite:
     name = "i2p"
     rescore = frozenset({"threshold", "classes"})
     score_columns = ("exposed_share", "detections")
-    units = "% of the images for exposed_share; detections is a count (per class: report.md's Counts)"
+    units = "scores: exposed_share in % of the images; detections is a count, each class's in report.md's Counts"
 
     def check(self, opts: Options) -> None:
         """Read the prompts now: no I2P data, an unknown category or an empty selection fail before
