@@ -60,22 +60,27 @@ def cli_images(tiny_model_dir: Path, out: Path, spms: list[Path], per_prompt: in
             for r in records}
 
 
-def test_attached_pipeline_gives_spmctl_sample_images(pipe, membranes, tiny_model_dir, tmp_path) -> None:
-    plain = call(pipe, PROMPTS, per_prompt=2)
-    expected = cli_images(tiny_model_dir, tmp_path / "cli", membranes, per_prompt=2)
+def assert_attached_like_cli(pipe, membranes: list[Path], prompts: list[str], expected: dict, plain: np.ndarray,
+                             **options) -> None:
+    """Two images per prompt with the membranes attached: `spmctl sample`'s images (to 1/255) and
+    gates; "a cat" opens the cat membrane, the dog prompt the other; detached, the plain images."""
     with spmctl.attach(pipe, membranes) as spm:
-        images = call(pipe, PROMPTS, per_prompt=2)
+        images = call(pipe, prompts, per_prompt=2, **options)
         gates = spm.last_gates
-    for p, prompt in enumerate(PROMPTS):
+    for p, prompt in enumerate(prompts):
         for i in range(2):
             image, file_gates = expected[(prompt, i)]
             assert np.abs(images[2 * p + i] - image).max() <= 1, (prompt, i)
             assert gates[p].tolist() == pytest.approx(file_gates, abs=1e-5)
-    # each prompt got its own gates: "a cat" opens the cat membrane, the dog one opens the other
     assert gates[0, 0] > gates[0, 1] and gates[1, 1] > gates[1, 0]
-    # the membranes changed the images; detached, the pipeline is plain again
-    assert np.abs(images - plain).max() > 10
-    assert np.array_equal(call(pipe, PROMPTS, per_prompt=2), plain)
+    assert np.abs(images - plain).max() > 10  # the membranes changed the images
+    assert np.array_equal(call(pipe, prompts, per_prompt=2, **options), plain)
+
+
+def test_attached_pipeline_gives_spmctl_sample_images(pipe, membranes, tiny_model_dir, tmp_path) -> None:
+    plain = call(pipe, PROMPTS, per_prompt=2)
+    expected = cli_images(tiny_model_dir, tmp_path / "cli", membranes, per_prompt=2)
+    assert_attached_like_cli(pipe, membranes, PROMPTS, expected, plain)
 
 
 def test_fixed_multiplier_and_plain_images_match_cli(pipe, membranes, tiny_model_dir, tmp_path) -> None:
@@ -142,17 +147,7 @@ def test_sdxl_sd3_flux_pipelines_attached_give_spmctl_sample_images(newer, tmp_p
     own = ["--noise-scheduler", "model"] if name == "sdxl" else []
     expected = cli_images(folder, tmp_path / "cli", membranes, per_prompt=2, guidance=GUIDANCE, prompts=TWO,
                           options=own)
-    with spmctl.attach(pipe, membranes) as spm:
-        images = call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE)
-        gates = spm.last_gates
-    for p, prompt in enumerate(TWO):
-        for i in range(2):
-            image, file_gates = expected[(prompt, i)]
-            assert np.abs(images[2 * p + i] - image).max() <= 1, (prompt, i)
-            assert gates[p].tolist() == pytest.approx(file_gates, abs=1e-5)
-    assert gates[0, 0] > gates[0, 1] and gates[1, 1] > gates[1, 0]
-    assert np.abs(images - plain).max() > 10  # the membranes changed the images; detached: plain again
-    assert np.array_equal(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE), plain)
+    assert_attached_like_cli(pipe, membranes, TWO, expected, plain, guidance_scale=GUIDANCE)
     with spmctl.attach(pipe, membranes, multiplier=0.0):  # both membranes closed
         assert np.abs(call(pipe, TWO, per_prompt=2, guidance_scale=GUIDANCE) - plain).max() <= 1
 
